@@ -1,0 +1,135 @@
+"""LLaVA conversation records: loading and validation.
+
+A record is ``{"id": str | int, "image": str, "conversations": [{"from": "human" | "gpt",
+"value": str}, ...]}``: turns alternate human/gpt starting with human and ending with gpt, and
+the first human turn holds the ``<image>`` placeholder exactly once (no other turn has one).
+Other fields (``image_id``, ``task``, ...) pass through untouched. Files are a JSON list or JSONL.
+
+Every problem raises :class:`visalign.io.DataError` naming the file, the record (index and id)
+and the field, never a silent skip: a dropped record would quietly change a training set or a
+metric.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from visalign.io import DataError, read_records
+
+IMAGE_TOKEN = "<image>"
+ROLES = ("human", "gpt")
+
+
+def _where(index: int | None, rec: Any) -> str | int | None:
+    rid = rec.get("id") if isinstance(rec, dict) else None
+    if index is None:
+        return None if rid is None else f"id {rid!r}"
+    return index if rid is None else f"{index} (id {rid!r})"
+
+
+def validate_llava_record(rec: Any, path: str | os.PathLike | None = None,
+                          index: int | None = None) -> dict:
+    """Check one record; returns it unchanged or raises DataError (file, record, field)."""
+    where = _where(index, rec)
+    if not isinstance(rec, dict):
+        raise DataError(path, f"expected a JSON object, got {type(rec).__name__}",
+                        record=index)
+    if "id" not in rec:
+        raise DataError(path, "missing", record=where, field="id")
+    rid = rec["id"]
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
+        raise DataError(path, f"must be a non-empty string or an integer, got {rid!r}",
+                        record=where, field="id")
+    if "image" not in rec:
+        raise DataError(path, "missing", record=where, field="image")
+    if not isinstance(rec["image"], str) or not rec["image"]:
+        raise DataError(path, f"must be a non-empty string, got {rec['image']!r}",
+                        record=where, field="image")
+    conv = rec.get("conversations")
+    if conv is None:
+        raise DataError(path, "missing", record=where, field="conversations")
+    if not isinstance(conv, list) or not conv:
+        raise DataError(path, "must be a non-empty list of turns", record=where,
+                        field="conversations")
+    for t, turn in enumerate(conv):
+        f = f"conversations[{t}]"
+        if not isinstance(turn, dict):
+            raise DataError(path, "turn must be an object with 'from' and 'value'",
+                            record=where, field=f)
+        expected = ROLES[t % 2]
+        if turn.get("from") != expected:
+            raise DataError(path, f"expected {expected!r} (turns alternate human/gpt, starting "
+                                  f"with human), got {turn.get('from')!r}",
+                            record=where, field=f"{f}.from")
+        value = turn.get("value")
+        if not isinstance(value, str):
+            raise DataError(path, f"must be a string, got {type(value).__name__}",
+                            record=where, field=f"{f}.value")
+        n_img = value.count(IMAGE_TOKEN)
+        if t == 0 and n_img != 1:
+            raise DataError(path, f"the first human turn must contain {IMAGE_TOKEN} exactly "
+                                  f"once, found {n_img}", record=where, field=f"{f}.value")
+        if t > 0 and n_img:
+            raise DataError(path, f"{IMAGE_TOKEN} may only appear in the first human turn",
+                            record=where, field=f"{f}.value")
+    if len(conv) % 2:
+        raise DataError(path, "the conversation ends with a human turn (no gpt answer)",
+                        record=where, field=f"conversations[{len(conv) - 1}]")
+    return rec
+
+
+def resolve_image(image: str, image_root: str | os.PathLike | None,
+                  records_path: str | os.PathLike | None = None) -> Path:
+    """Absolute image path: absolute as is, else under ``image_root`` (default: the records
+    file's directory)."""
+    p = Path(image)
+    if p.is_absolute():
+        return p
+    if image_root is not None:
+        return Path(image_root) / p
+    if records_path is not None:
+        return Path(records_path).parent / p
+    return p
+
+
+def check_image(img_path: Path, path: str | os.PathLike | None, where: Any) -> None:
+    """Raise DataError unless ``img_path`` exists and PIL can open and verify it."""
+    from PIL import Image
+
+    if not img_path.is_file():
+        raise DataError(path, f"image file not found: {img_path}", record=where, field="image")
+    try:
+        with Image.open(img_path) as im:
+            im.verify()
+    except Exception as e:   # PIL raises many types for corrupt files
+        raise DataError(path, f"unreadable image {img_path}: {type(e).__name__}: {e}",
+                        record=where, field="image") from None
+
+
+def load_llava_records(path: str | os.PathLike, image_root: str | os.PathLike | None = None,
+                       check_images: bool = False) -> list[dict]:
+    """Load and validate a LLaVA JSON list / JSONL file.
+
+    Ids must be unique. With ``check_images`` every referenced image must exist and open
+    (each distinct file is checked once); relative paths resolve under ``image_root``
+    (default: the records file's directory).
+    """
+    records = read_records(path)
+    seen: dict[Any, int] = {}
+    checked: set[Path] = set()
+    for i, rec in enumerate(records):
+        validate_llava_record(rec, path, i)
+        rid = rec["id"]
+        key = str(rid)   # 7 and "7" would collide once ids are written as strings
+        if key in seen:
+            raise DataError(path, f"duplicate id (first used by record {seen[key]})",
+                            record=_where(i, rec), field="id")
+        seen[key] = i
+        if check_images:
+            img = resolve_image(rec["image"], image_root, path)
+            if img not in checked:
+                check_image(img, path, _where(i, rec))
+                checked.add(img)
+    return records

@@ -1,0 +1,137 @@
+"""The comparison table (Table-9 style, markdown + CSV) and its summary figure.
+
+Columns are grouped as in the nSFT paper's Table 9: the alignment tax (held-out short-answer
+accuracy), comprehension (caption metrics) and hallucination (POPE, CHAIR, judge). Each group
+gets a ``(+x)`` total: the sum over its columns of the change against the base row, in points,
+with the sign flipped where lower is better (CHAIR), so a positive total is always an
+improvement.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from visalign.io import atomic_write_bytes, atomic_write_text
+
+# (group, metric key, header, higher_is_better, scale)
+COLUMNS: list[tuple[str, str, str, bool, float]] = [
+    ("Align. tax", "qa_count_accuracy", "Count", True, 100),
+    ("Align. tax", "qa_color_accuracy", "Color", True, 100),
+    ("Align. tax", "qa_position_accuracy", "Pos.", True, 100),
+    ("Align. tax", "qa_vqa_accuracy", "VQA", True, 100),
+    ("Comprehension", "bleu_4", "BLEU-4", True, 100),
+    ("Comprehension", "rouge_l", "ROUGE-L", True, 100),
+    ("Comprehension", "cider", "CIDEr", True, 100),
+    ("Hallucinations", "pope_f1", "POPE-F1", True, 100),
+    ("Hallucinations", "chair_s", "CHAIR_s", False, 100),
+    ("Hallucinations", "chair_i", "CHAIR_i", False, 100),
+    ("Hallucinations", "chair", "CHAIR", False, 100),
+    ("Hallucinations", "mmhal_score", "MMHal", True, 1),
+]
+# CHAIR enters its group's total once, as the averaged CHAIR (not s and i again).
+TOTAL_EXCLUDE = {"chair_s", "chair_i"}
+
+
+def _present(rows: list[dict]) -> list[tuple[str, str, str, bool, float]]:
+    return [c for c in COLUMNS if any(c[1] in r["metrics"] for r in rows)]
+
+
+def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells; the base row of each data size is the reference."""
+    cols = _present(rows)
+    groups: list[str] = []
+    for g, *_ in cols:
+        if g not in groups:
+            groups.append(g)
+    header = ["Align. data", "Method"]
+    for g in groups:
+        header += [h for gg, _, h, _, _ in cols if gg == g] + [f"{g} total"]
+    base = next((r for r in rows if r["method"] == "base"), None)
+    out = []
+    for r in rows:
+        m = r["metrics"]
+        cells = [str(r.get("data_size", 0) or "-"), r["method"]]
+        for g in groups:
+            total = 0.0
+            for gg, key, _, hib, scale in cols:
+                if gg != g:
+                    continue
+                v = m.get(key)
+                cells.append("-" if v is None else f"{v * scale:.1f}" if scale != 1
+                             else f"{v:.2f}")
+                if base is not None and v is not None and key in base["metrics"] \
+                        and key not in TOTAL_EXCLUDE:
+                    d = (v - base["metrics"][key]) * scale
+                    total += d if hib else -d
+            cells.append(f"({total:+.1f})")
+        out.append(cells)
+    return header, out
+
+
+def results_markdown(rows: list[dict], title: str = "Results") -> str:
+    header, body = table_rows(rows)
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c) + " |" for c in body]
+    lines += ["", "Numbers are percentages (MMHal on its 0-6 scale). `(+x)`: sum of changes "
+              "against the base row in points, sign flipped for CHAIR (lower is better), so "
+              "positive = better."]
+    return "\n".join(lines) + "\n"
+
+
+def results_csv(rows: list[dict]) -> str:
+    keys = sorted({k for r in rows for k in r["metrics"]})
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", "data_size"] + keys)
+    for r in rows:
+        w.writerow([r["method"], r.get("data_size", 0)] + [r["metrics"].get(k, "") for k in keys])
+    return buf.getvalue()
+
+
+def write_results(rows: list[dict], out_dir: str | Path, title: str = "Results") -> None:
+    out = Path(out_dir)
+    atomic_write_text(out / "results.md", results_markdown(rows, title))
+    atomic_write_text(out / "results.csv", results_csv(rows))
+
+
+def plot_methods(rows: list[dict], path: str | Path,
+                 keys: tuple[str, ...] = ("chair", "chair_s", "chair_i", "pope_f1")) -> Path:
+    """Grouped bars: one group per metric, one bar per (method, size)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = tuple(k for k in keys if any(k in r["metrics"] for r in rows))
+    labels = [r["method"] + (f"-{r['data_size']}" if r.get("data_size") else "") for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys) * len(rows) / 3), 4))
+    width = 0.8 / max(1, len(rows))
+    for i, (r, lab) in enumerate(zip(rows, labels)):
+        vals = [100 * r["metrics"].get(k, 0.0) for k in keys]
+        ax.bar([j + i * width for j in range(len(keys))], vals, width, label=lab)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
+    ax.set_xticklabels([k.upper().replace("_", " ") for k in keys])
+    ax.set_ylabel("%")
+    ax.set_title("Hallucination metrics per method (CHAIR: lower is better)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def report_markdown(rows: list[dict], figures: dict[str, str], timings: dict[str, float],
+                    notes: list[str] | None = None, title: str = "visalign comparison") -> str:
+    """A short report embedding the table and the figures (paths relative to the report)."""
+    parts = [results_markdown(rows, title)]
+    for caption, rel in figures.items():
+        parts.append(f"## {caption}\n\n![{caption}]({rel})\n")
+    if timings:
+        parts.append("## Timings (seconds)\n\n| stage | s |\n|---|---|\n" + "\n".join(
+            f"| {k} | {v:.1f} |" for k, v in timings.items()) + "\n")
+    if notes:
+        parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    return "\n".join(parts)
