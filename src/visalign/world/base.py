@@ -1,0 +1,277 @@
+"""``visalign world base``: train the micro-world's base VLM from scratch, the LLaVA way.
+
+Stages (each resumable: a finished stage is loaded, not retrained):
+
+0. tokenizer: byte-level BPE trained on the world's training text, LLaVA-1.5 chat template;
+1. CLIP: a tiny ``CLIPModel`` trained contrastively on images vs captions and object phrases —
+   it becomes the VLM's vision tower *and* FiSAO's verifier (``MODELDIR/verifier``);
+2. LM pre-training: the tiny Llama learns the world's language from text alone, so it brings a
+   language prior (co-occurrence statistics) to the VLM the way a pretrained LLM does;
+3. LLaVA stage 1: projector only, on short captions (feature alignment);
+4. LLaVA stage 2: projector + LM on the instruction data (with its GPT-4-like defects);
+5. evaluation on the held-out split: CHAIR, POPE ×3, short-answer accuracy, caption metrics,
+   and the verifier's AUROC for "a photo of a {object}" → ``MODELDIR/eval.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from visalign.config import field, save_run_config
+from visalign.eval.suite import EvalSettings
+from visalign.io import JsonlAppender, read_json, write_json
+from visalign.training import TrainConfig
+from visalign.world.clip_train import ClipTrainSettings
+
+
+@dataclasses.dataclass
+class ClipArch:
+    vision_hidden: int = field(128, help="ViT width")
+    vision_layers: int = field(4, help="ViT depth")
+    text_hidden: int = field(128, help="text transformer width")
+    text_layers: int = field(3, help="text transformer depth")
+    projection_dim: int = field(128, help="joint embedding size")
+    heads: int = field(4, help="attention heads")
+
+
+@dataclasses.dataclass
+class LmArch:
+    hidden: int = field(192, help="Llama width")
+    layers: int = field(4, help="Llama depth")
+    heads: int = field(4, help="attention heads")
+    intermediate: int = field(512, help="MLP width")
+
+
+@dataclasses.dataclass
+class StageSettings:
+    epochs: float = field(1.0, help="passes over the stage's data")
+    lr: float = field(1e-3, help="peak learning rate")
+    batch_size: int = field(32, help="batch size")
+
+
+@dataclasses.dataclass
+class BaseModelConfig:
+    world: str = field("", help="world dir from `visalign world build`")
+    out: str = field("", help="model dir to write (HF format; verifier/ and eval.json inside)")
+    preset: Literal["small", "tiny"] = field("small", help="sizes/epochs preset")
+    seed: int = field(0, help="seed of every stage")
+    vocab_size: int = field(1000, help="BPE vocabulary size")
+    clip_arch: ClipArch = field(default_factory=ClipArch)
+    clip: ClipTrainSettings = field(default_factory=ClipTrainSettings)
+    lm: LmArch = field(default_factory=LmArch)
+    lm_pretrain: StageSettings = field(default_factory=lambda: StageSettings(2.0, 2e-3, 64))
+    stage1: StageSettings = field(default_factory=lambda: StageSettings(1.0, 2e-3, 32))
+    stage2: StageSettings = field(default_factory=lambda: StageSettings(3.0, 1e-3, 32))
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    skip_eval: bool = field(False, help="do not run the held-out evaluation")
+    progress: bool = field(True, help="progress bars")
+
+
+TINY_OVERRIDES = {
+    "vocab_size": 400,
+    "clip_arch": {"vision_hidden": 32, "vision_layers": 1, "text_hidden": 32, "text_layers": 1,
+                  "projection_dim": 32, "heads": 2},
+    "clip": {"epochs": 2.0, "batch_size": 32},
+    "lm": {"hidden": 48, "layers": 1, "heads": 2, "intermediate": 96},
+    "lm_pretrain": {"epochs": 0.5, "batch_size": 32},
+    "stage1": {"epochs": 0.5, "batch_size": 16},
+    "stage2": {"epochs": 0.5, "batch_size": 16},
+    "eval": {"n_images": 16, "pope_images": 8, "qa_per_task": 8, "max_new_tokens": 32,
+             "caption_metrics": False},
+}
+
+
+def base_config(preset: str = "small", overrides: Any = ()) -> BaseModelConfig:
+    """Preset defaults, then overrides (list of ``key=value`` or a dict)."""
+    from visalign.config import load_config
+
+    cfg = BaseModelConfig(preset=preset)
+    if preset == "tiny":
+        cfg = load_config(BaseModelConfig, None, {**TINY_OVERRIDES, "preset": "tiny"}, base=cfg)
+    return load_config(BaseModelConfig, None, overrides, base=cfg)
+
+
+def _world_texts(world: Any) -> list[str]:
+    from visalign.data.llava import load_llava_records
+    from visalign.data.coco import load_coco_captions
+
+    texts = []
+    for r in load_llava_records(world.llava_path("train")):
+        texts += [t["value"].replace("<image>", "") for t in r["conversations"]]
+    for caps in load_coco_captions(world.captions_path("train")).values():
+        texts += caps
+    for line in Path(world.synonyms_path).read_text().splitlines():
+        texts += [f"a photo of a {w.strip()}." for w in line.split(",") if w.strip()]
+    return texts
+
+
+def _clip_examples(world: Any, split: str) -> tuple[list, list[set[str]]]:
+    from PIL import Image
+
+    from visalign.data.coco import load_coco_captions, load_coco_instances
+    from visalign.world.clip_train import ClipExample
+
+    coco = load_coco_instances(world.instances_path(split))
+    caps = load_coco_captions(world.captions_path(split))
+    syn = {}
+    for line in Path(world.synonyms_path).read_text().splitlines():
+        words = [w.strip() for w in line.split(",") if w.strip()]
+        if words:
+            syn[words[0]] = words
+    cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    examples, present = [], []
+    for img_id in sorted(coco.getImgIds()):
+        info = coco.loadImgs(img_id)[0]
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
+        names = sorted({cats[a["category_id"]] for a in anns})
+        image = Image.open(Path(world.image_root) / info["file_name"]).convert("RGB")
+        examples.append(ClipExample(image, caps.get(img_id, []) or [" "],
+                                    [(n, syn.get(n, [n])) for n in names]))
+        present.append(set(names))
+    return examples, present
+
+
+def _stage_done(stage_dir: Path) -> bool:
+    return (stage_dir / "train_summary.json").exists() and (stage_dir / "model").exists()
+
+
+def build_base_model(cfg: BaseModelConfig) -> dict:
+    """Run every stage; returns the evaluation result (also in ``out/eval.json``)."""
+    import torch
+
+    from visalign.models import load_vlm
+    from visalign.models.tiny import build_tiny_clip, build_tiny_llava
+    from visalign.models.tokenizer import train_tokenizer
+    from visalign.training import run_training, seed_everything
+    from visalign.world import load_world
+    from visalign.world.clip_train import object_auroc, train_clip
+
+    world = load_world(cfg.world)
+    out = Path(cfg.out)
+    work = out.parent / (out.name + ".stages")
+    work.mkdir(parents=True, exist_ok=True)
+    save_run_config(cfg, work, "base_config.yaml")
+    log = JsonlAppender(work / "log.jsonl")
+    timings: dict[str, float] = {}
+    seed_everything(cfg.seed)
+
+    # 0. tokenizer
+    t = time.time()
+    tok_dir = work / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        tok = train_tokenizer(_world_texts(world), cfg.vocab_size)
+        tok.save_pretrained(tok_dir)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    timings["tokenizer"] = time.time() - t
+
+    # 1. CLIP (vision tower + verifier)
+    t = time.time()
+    clip_dir = work / "clip"
+    a = cfg.clip_arch
+    if not (clip_dir / "clip_summary.json").exists():
+        from transformers import CLIPModel, CLIPProcessor
+
+        tmp = work / "clip.init"
+        build_tiny_clip(tmp, tok, image_size=world.image_size, patch_size=8,
+                        vision_hidden=a.vision_hidden, text_hidden=a.text_hidden,
+                        layers=(a.vision_layers, a.text_layers),
+                        projection_dim=a.projection_dim, heads=a.heads, seed=cfg.seed)
+        clip = CLIPModel.from_pretrained(tmp)
+        proc = CLIPProcessor.from_pretrained(tmp)
+        examples, _ = _clip_examples(world, "train")
+        summary = train_clip(clip, proc, examples, cfg.clip, seed=cfg.seed,
+                             progress=cfg.progress, log=log.write)
+        val_ex, val_present = _clip_examples(world, world.eval_split)
+        cats = [c.name for c in world.vocab.categories]
+        summary["auroc"] = object_auroc(clip, proc, [e.image for e in val_ex], val_present, cats,
+                                        cfg.clip.template)
+        clip.save_pretrained(clip_dir)
+        proc.save_pretrained(clip_dir)
+        write_json(clip_dir / "clip_summary.json", summary)
+        shutil.rmtree(tmp, ignore_errors=True)
+    clip_summary = read_json(clip_dir / "clip_summary.json")
+    timings["clip"] = time.time() - t
+
+    # 2-4. LLaVA: LM pre-training, projector alignment, instruction tuning
+    init_dir = work / "llava.init"
+    if not (init_dir / "config.json").exists():
+        build_tiny_llava(init_dir, tok, clip_dir=clip_dir, image_size=world.image_size,
+                         patch_size=8, text_hidden=cfg.lm.hidden, text_layers=cfg.lm.layers,
+                         text_heads=cfg.lm.heads, text_intermediate=cfg.lm.intermediate,
+                         seed=cfg.seed)
+    prev = init_dir
+    from visalign.data.llava import load_llava_records
+    from visalign.methods.sft import conversation_items, make_collate
+
+    records = load_llava_records(world.llava_path("train"))
+    stages = [
+        ("lm_pretrain", cfg.lm_pretrain, "lm", None),
+        ("stage1", cfg.stage1, "projector", [r for r in records if r.get("task") == "caption"]),
+        ("stage2", cfg.stage2, "lm+projector",
+         [r for r in records if r.get("task") != "caption"]),
+    ]
+    for name, st, trainable, recs in stages:
+        t = time.time()
+        sdir = work / name
+        if not _stage_done(sdir):
+            vlm = load_vlm(str(prev))
+            tcfg = TrainConfig(model=str(prev), out=str(sdir), trainable=trainable,
+                               epochs=st.epochs, batch_size=st.batch_size, lr=st.lr,
+                               warmup_ratio=0.05, seed=cfg.seed, log_every=20,
+                               progress=cfg.progress, save_every=0)
+            if recs is None:
+                items = _lm_texts(records)
+                collate = _text_collate(tok)
+            else:
+                items = conversation_items(recs, str(world.image_root))
+                collate = make_collate(vlm)
+
+            def ce(model, batch):
+                o = model(**batch)
+                return o.loss, {}
+            run_training(tcfg, vlm, items, collate, ce, name=name)
+        prev = sdir / "model"
+        timings[name] = time.time() - t
+
+    # final model dir = stage 2 model + verifier
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(prev, out)
+    shutil.copytree(clip_dir, out / "verifier")
+    result: dict = {"metrics": {"clip_auroc": clip_summary["auroc"]}}
+    if not cfg.skip_eval:
+        from visalign.eval.suite import evaluate_model
+
+        t = time.time()
+        ev = evaluate_model(str(out), world, work / "eval", cfg.eval)
+        timings["eval"] = time.time() - t
+        result["metrics"].update(ev["metrics"])
+        result["eval_timings"] = ev["timings"]
+    result["timings"] = {k: round(v, 2) for k, v in timings.items()}
+    result["clip"] = clip_summary
+    write_json(out / "eval.json", result)
+    save_run_config(cfg, out, "base_config.yaml")
+    log.close()
+    del torch
+    return result
+
+
+def _lm_texts(records: list[dict]) -> list[str]:
+    """Plain text for LM pre-training: every answer of the instruction data."""
+    return [t["value"] for r in records for t in r["conversations"] if t["from"] == "gpt"]
+
+
+def _text_collate(tok: Any):
+    def collate(texts: list[str]) -> dict:
+        enc = tok([t + tok.eos_token for t in texts], padding=True, truncation=True,
+                  max_length=256, return_tensors="pt")
+        labels = enc["input_ids"].clone()
+        labels[enc["attention_mask"] == 0] = -100
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "labels": labels}
+    return collate
