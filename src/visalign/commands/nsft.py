@@ -1,0 +1,94 @@
+"""``visalign nsft build``: nSFT corrective conversations from a model's own mistakes.
+
+Writes ``OUT/nsft.json`` (LLaVA conversations, train them with ``visalign train sft``),
+``OUT/report.json`` + ``OUT/report.md`` (errors per vision-error-codebook category, yes/no
+balance, skipped records) and ``OUT/config.yaml``. With ``--model`` the original (greedy)
+answers are generated first into ``OUT/answers.jsonl`` (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from visalign.commands._common import add_config_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``nsft`` command group."""
+    p = subparsers.add_parser("nsft", help="build nSFT data (negative supervision "
+                                           "conversations)", description=__doc__)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    sub = p.add_subparsers(dest="nsft_command", metavar="COMMAND")
+    b = sub.add_parser(
+        "build", help="judge a model's answers and write corrective conversations",
+        description=__doc__ + "\nConfig keys (key=value): see NsftDataConfig in "
+                              "visalign.methods.nsft_data (e.g. yes_ratio_target=0.5 "
+                              "keep_gt_long=true llm.model=gpt-4o).")
+    b.add_argument("--data", required=True, help="alignment data: LLaVA records (JSON/JSONL)")
+    b.add_argument("--image-root", default=None,
+                   help="dir relative image paths start from (default: the data file's dir)")
+    b.add_argument("--instances", default=None,
+                   help="COCO instances JSON (required by --judge annotation)")
+    b.add_argument("--coco-captions", default=None, help="COCO captions JSON (references)")
+    b.add_argument("--synonyms", default=None,
+                   help="CHAIR synonym table (default: the packaged COCO table)")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--answers", default=None,
+                     help="the model's answers (JSONL: id + answer), e.g. from visalign generate")
+    src.add_argument("--model", default=None, help="model dir: generate the greedy answers")
+    b.add_argument("--judge", choices=["annotation", "llm"], default=None,
+                   help="error judge (default: config 'judge', i.e. annotation)")
+    b.add_argument("--out", required=True, help="output directory")
+    add_config_args(b)
+    b.set_defaults(func=_build)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from visalign.config import ConfigError, load_config, save_run_config
+    from visalign.io import atomic_write_text, read_jsonl, read_records, write_json
+    from visalign.methods.nsft_data import (AnnotationJudge, GroundTruth, LLMJudge,
+                                            NsftDataConfig, build_nsft_data, report_markdown)
+
+    cfg = load_config(NsftDataConfig, args.config, args.overrides)
+    if args.judge:
+        cfg.judge = args.judge
+    if cfg.judge not in ("annotation", "llm"):
+        raise ConfigError(f"judge must be 'annotation' or 'llm', got {cfg.judge!r}")
+    if cfg.judge == "annotation" and not args.instances:
+        raise ConfigError("--judge annotation needs --instances (COCO instances JSON)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = read_records(args.data)
+    image_root = args.image_root or str(Path(args.data).parent)
+
+    if args.model:
+        from visalign.models.generation import GenerationConfig, generate_answers
+
+        answers_path = out / "answers.jsonl"
+        gcfg = GenerationConfig(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                                image_root=image_root, dtype=cfg.dtype, device=cfg.device)
+        generate_answers(args.model, records, answers_path, cfg=gcfg)
+    else:
+        answers_path = Path(args.answers)
+    answers = read_jsonl(answers_path, tolerate_partial_last_line=True)
+
+    gt = (GroundTruth.from_files(args.instances, args.coco_captions, args.synonyms)
+          if args.instances else None)
+    judge = AnnotationJudge(cfg) if cfg.judge == "annotation" else LLMJudge(cfg=cfg)
+    data, report = build_nsft_data(records, answers, gt, cfg, judge)
+    report["inputs"] = {"data": str(args.data), "answers": str(answers_path),
+                        "model": args.model, "instances": args.instances,
+                        "coco_captions": args.coco_captions, "synonyms": args.synonyms}
+    if hasattr(judge, "client") and hasattr(judge.client, "stats"):
+        report["judge_client"] = dict(judge.client.stats)
+    write_json(out / "nsft.json", data)
+    write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", report_markdown(report))
+    save_run_config(cfg, out)
+    yn = report["yes_no"]["after"]["yes_ratio"]
+    print(f"nsft: {report['n_output']} conversations from {report['n_records']} records "
+          f"({report['n_no_error']} without errors, {report['skipped']['count']} skipped, "
+          f"{report['llm_unparsed']} unparsed); yes ratio "
+          f"{'n/a' if yn is None else f'{yn:.2f}'} -> {out / 'nsft.json'}")
+    return 0

@@ -1,0 +1,696 @@
+"""Preference-pair builders for the DPO baselines (GT-DPO, SeVa, SIMA, POVID) and the pair file.
+
+The trainer (:mod:`visalign.methods.dpo`) reads one format, whatever produced it, so external
+preference datasets (VLFeedback, RLHF-V, ...) can be converted into it and trained the same way.
+
+Pair file format
+----------------
+A JSON list, or JSONL (one object per line), of::
+
+    {
+      "id": "coco_42_q0",              # unique string (ints are accepted and stringified)
+      "image": "images/000042.png",    # the ORIGINAL image, relative to --image-root or absolute
+      "prompt": "Describe the image.", # the question; an "<image>" placeholder is removed on
+                                       #   load (the trainer places the image itself)
+      "chosen": "A red cup ...",       # preferred response (non-empty)
+      "rejected": "A blue cup ...",    # dispreferred response (non-empty, != chosen)
+      "image_id": 42,                  # optional: COCO image id
+      "rejected_image": "noised/x.png",# optional, informative only: the corrupted image the
+                                       #   rejected response was generated from (SeVa, POVID
+                                       #   stage 2); DPO trains both responses on "image"
+      "meta": {"method": "seva", "stage": 1, ...}   # optional object; "stage" (int >= 1)
+                                       #   tags POVID's two stages for sequential training
+    }
+
+:func:`load_pairs` validates every record and raises :class:`visalign.io.DataError` naming the
+file, the record (index and id) and the field; :func:`write_pairs` validates and writes
+atomically (``.jsonl`` -> JSONL, otherwise a JSON list).
+
+Builders (each returns ``(pairs, stats)``; stats count what was skipped and why)
+-------------------------------------------------------------------------------
+* :func:`build_gt_dpo_pairs` — chosen = ground-truth answer, rejected = the model's greedy
+  answer (nSFT paper's GT-DPO baseline). Pairs identical after normalisation are skipped.
+* :func:`build_seva_pairs` — SeVa: chosen = the model's answer on the original image, rejected
+  = its answer on the diffusion-noised image (:func:`visalign.methods.image_noise
+  .diffusion_noise`, step 500 by default). Identical pairs skipped.
+* :func:`build_sima_pairs` — SIMA: k sampled responses per prompt, ranked by the model itself
+  used in context as a critic (:class:`SimaRanker`: given the ground truth and SIMA's three
+  visual critic metrics — object description accuracy, relationship accuracy, attribute
+  accuracy — it says which of two responses is better). We rank by a round-robin pairwise
+  tournament (each pair compared once, or in both orders with ``both_orders`` to cancel
+  position bias); best vs worst become the pair. Critic replies that name neither response
+  are counted as parse failures and score nothing.
+* :func:`build_povid_pairs` — POVID stage 1: chosen = ground truth, rejected = the ground
+  truth with one injected hallucination, by annotation-driven rules (object edit: a present
+  object word -> the absent category that co-occurs with it most often; attribute edit: a
+  colour word -> another colour; relation edit: left<->right, above<->below, on<->under), or
+  rewritten by an LLM endpoint (``POVID_PROMPT``, after POVID's prompt structure: object
+  co-occurrence, logical relationships, attributes). Stage 2: chosen = ground truth, rejected
+  = the model's answer on the noised image. Pairs carry ``meta.stage`` 1 or 2.
+
+Departures: SIMA's critic prompt and POVID's LLM prompt are our wording after the papers'
+structure, not their text; the tournament (vs SIMA's comparison against the greedy response)
+is ours and documented above; one rule-based POVID edit per record (POVID's GPT-4V rewrites
+could change several phrases at once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from visalign.config import field
+from visalign.eval.judge import JudgeConfig
+from visalign.io import DataError, read_records, write_json, write_jsonl
+
+__all__ = [
+    "PairsConfig", "load_pairs", "validate_pairs", "write_pairs", "build_gt_dpo_pairs",
+    "build_seva_pairs", "build_sima_pairs", "build_povid_pairs", "SimaRanker",
+    "SIMA_CRITIC_PROMPT", "POVID_PROMPT", "parse_critic_choice", "TextEdit", "object_edit",
+    "attribute_edit", "relation_edit", "povid_llm_edit", "normalize_response",
+]
+
+METHODS = ("gt-dpo", "seva", "sima", "povid")
+
+
+@dataclasses.dataclass
+class PairsConfig:
+    """Settings of ``visalign pairs <method>``."""
+
+    seed: int = field(0, help="seed (noise, sampling, POVID edits)")
+    max_new_tokens: int = field(256, help="generation length")
+    batch_size: int = field(8, help="generation batch size")
+    dtype: str = field("float32", help="model dtype")
+    device: str = field("cpu", help="model device")
+    noise_step: int = field(500, help="diffusion noise step t of 1000 (SeVa default 500)")
+    num_samples: int = field(4, help="SIMA: responses sampled per prompt (k)")
+    temperature: float = field(1.0, help="SIMA: sampling temperature")
+    top_p: float = field(1.0, help="SIMA: nucleus sampling p")
+    critic_max_new_tokens: int = field(16, help="SIMA: generation length of a critic verdict")
+    both_orders: bool = field(False, help="SIMA: compare every pair in both orders")
+    povid_editor: str = field("rules", help="POVID stage 1 editor: 'rules' or 'llm'")
+    povid_edits: list[str] = field(["object", "attribute", "relation"],
+                                   help="POVID rule edit kinds to choose from")
+    povid_stages: list[int] = field([1, 2], help="POVID stages to build")
+    llm: JudgeConfig = dataclasses.field(
+        default_factory=JudgeConfig,
+        metadata={"help": "JudgeClient settings for povid_editor=llm"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Pair file
+# ---------------------------------------------------------------------------------------------
+
+def normalize_response(text: str) -> str:
+    """Comparison form of a response: lower case, single spaces, no trailing punctuation."""
+    return " ".join(str(text).lower().split()).strip(" .!?")
+
+
+def _strip_image(text: str) -> str:
+    return " ".join(text.replace("<image>", " ").split()) if "<image>" in text else text.strip()
+
+
+def validate_pairs(pairs: Sequence[Any], path: Any = None) -> list[dict]:
+    """Check pair records (see the module docstring); returns normalised copies."""
+    out: list[dict] = []
+    seen: dict[str, int] = {}
+    for i, p in enumerate(pairs):
+        if not isinstance(p, Mapping):
+            raise DataError(path, "expected a JSON object", record=i)
+        if "id" not in p or not isinstance(p["id"], (str, int)) or isinstance(p["id"], bool) \
+                or str(p["id"]) == "":
+            raise DataError(path, "missing or invalid id (string expected)", record=i,
+                            field="id")
+        rid = str(p["id"])
+        where = f"{i} (id {rid!r})"
+        for k in ("image", "prompt", "chosen", "rejected"):
+            v = p.get(k)
+            if not isinstance(v, str) or not v.strip():
+                raise DataError(path, "missing or empty (non-empty string expected)",
+                                record=where, field=k)
+        if rid in seen:
+            raise DataError(path, f"duplicate id (also record {seen[rid]})", record=where,
+                            field="id")
+        seen[rid] = i
+        if normalize_response(p["chosen"]) == normalize_response(p["rejected"]):
+            raise DataError(path, "chosen and rejected are identical: the pair teaches nothing",
+                            record=where, field="rejected")
+        if "image_id" in p and p["image_id"] is not None and (
+                not isinstance(p["image_id"], (int, str)) or isinstance(p["image_id"], bool)):
+            raise DataError(path, "image_id must be an integer or a string", record=where,
+                            field="image_id")
+        if "rejected_image" in p and p["rejected_image"] is not None and \
+                not isinstance(p["rejected_image"], str):
+            raise DataError(path, "rejected_image must be a path string", record=where,
+                            field="rejected_image")
+        meta = p.get("meta", {})
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, Mapping):
+            raise DataError(path, "meta must be an object", record=where, field="meta")
+        if "stage" in meta:
+            st = meta["stage"]
+            if isinstance(st, bool) or not isinstance(st, int) or st < 1:
+                raise DataError(path, f"meta.stage must be an integer >= 1, got {st!r}",
+                                record=where, field="meta.stage")
+        q = dict(p)
+        q["id"] = rid
+        q["prompt"] = _strip_image(p["prompt"])
+        q["meta"] = dict(meta)
+        out.append(q)
+    return out
+
+
+def load_pairs(path: str | Path) -> list[dict]:
+    """Read and validate a pair file (JSON list or JSONL)."""
+    pairs = validate_pairs(read_records(path), path)
+    if not pairs:
+        raise DataError(path, "no pairs in the file")
+    return pairs
+
+
+def write_pairs(path: str | Path, pairs: Sequence[dict]) -> Path:
+    """Validate and write pairs atomically (``.jsonl`` -> JSONL, else a JSON list)."""
+    pairs = validate_pairs(pairs, path)
+    if str(path).endswith(".jsonl"):
+        return write_jsonl(path, pairs)
+    return write_json(path, pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the builders
+# ---------------------------------------------------------------------------------------------
+
+def _question_answer(record: Mapping, index: int) -> tuple[str, str]:
+    """(first question without <image>, first GT answer) of a LLaVA record."""
+    conv = record.get("conversations")
+    if not isinstance(conv, list):
+        raise DataError(None, "missing 'conversations'", record=record.get("id", index),
+                        field="conversations")
+    q = a = None
+    for t in conv:
+        if not isinstance(t, Mapping) or not isinstance(t.get("value"), str):
+            raise DataError(None, "turns must be {'from', 'value'} objects",
+                            record=record.get("id", index), field="conversations")
+        if q is None and t.get("from") == "human":
+            q = _strip_image(t["value"])
+        elif q is not None and t.get("from") == "gpt":
+            a = t["value"].strip()
+            break
+    if q is None or a is None:
+        raise DataError(None, "needs a human turn followed by a gpt turn",
+                        record=record.get("id", index), field="conversations")
+    return q, a
+
+
+def _amap(answers: Any, what: str) -> dict[str, str]:
+    """``{id: answer}`` from a mapping or answer records (``id`` + ``answer``)."""
+    if isinstance(answers, Mapping):
+        return {str(k): (v["answer"] if isinstance(v, Mapping) else v)
+                for k, v in answers.items()}
+    out = {}
+    for i, a in enumerate(answers):
+        if not isinstance(a, Mapping) or "id" not in a or not isinstance(a.get("answer"), str):
+            raise DataError(None, f"{what}: records need 'id' and a string 'answer'", record=i,
+                            field="answer")
+        out[str(a["id"])] = a["answer"]
+    return out
+
+
+def _pair(record: Mapping, prompt: str, chosen: str, rejected: str, meta: dict,
+          suffix: str = "") -> dict:
+    p = {"id": f"{record['id']}{suffix}", "image": record["image"], "prompt": prompt,
+         "chosen": chosen.strip(), "rejected": rejected.strip()}
+    if record.get("image_id") is not None:
+        p["image_id"] = record["image_id"]
+    p["meta"] = meta
+    return p
+
+
+def _check_record(record: Any, i: int) -> None:
+    if not isinstance(record, Mapping) or "id" not in record or "image" not in record:
+        raise DataError(None, "LLaVA records need 'id' and 'image'", record=i, field="id")
+
+
+# ---------------------------------------------------------------------------------------------
+# GT-DPO
+# ---------------------------------------------------------------------------------------------
+
+def build_gt_dpo_pairs(records: Sequence[Mapping], answers: Any) -> tuple[list[dict], dict]:
+    """chosen = GT answer, rejected = the model's greedy answer (skip identical; count)."""
+    amap = _amap(answers, "answers")
+    pairs, identical, missing = [], [], []
+    for i, rec in enumerate(records):
+        _check_record(rec, i)
+        prompt, gt_answer = _question_answer(rec, i)
+        rid = str(rec["id"])
+        if rid not in amap:
+            missing.append(rid)
+            continue
+        if normalize_response(gt_answer) == normalize_response(amap[rid]):
+            identical.append(rid)
+            continue
+        pairs.append(_pair(rec, prompt, gt_answer, amap[rid], {"method": "gt-dpo"}))
+    return pairs, {"method": "gt-dpo", "n_records": len(records), "n_pairs": len(pairs),
+                   "skipped_identical": len(identical), "skipped_identical_ids": identical,
+                   "skipped_no_answer": len(missing), "skipped_no_answer_ids": missing}
+
+
+# ---------------------------------------------------------------------------------------------
+# SeVa
+# ---------------------------------------------------------------------------------------------
+
+def build_seva_pairs(records: Sequence[Mapping], answers_clean: Any, answers_noisy: Any, *,
+                     noise_step: int | None = None,
+                     rejected_images: Mapping[str, str] | None = None
+                     ) -> tuple[list[dict], dict]:
+    """chosen = answer on the original image, rejected = answer on the noised image.
+
+    ``answers_noisy`` records may carry ``image`` (the noised image they were generated from);
+    it, or ``rejected_images[id]``, becomes the informative ``rejected_image`` field.
+    """
+    clean = _amap(answers_clean, "clean answers")
+    noisy = _amap(answers_noisy, "noisy answers")
+    rej_img = dict(rejected_images or {})
+    if not isinstance(answers_noisy, Mapping):
+        for a in answers_noisy:
+            if isinstance(a.get("image"), str):
+                rej_img.setdefault(str(a["id"]), a["image"])
+    pairs, identical, missing = [], [], []
+    for i, rec in enumerate(records):
+        _check_record(rec, i)
+        prompt, _ = _question_answer(rec, i)
+        rid = str(rec["id"])
+        if rid not in clean or rid not in noisy:
+            missing.append(rid)
+            continue
+        if normalize_response(clean[rid]) == normalize_response(noisy[rid]):
+            identical.append(rid)
+            continue
+        p = _pair(rec, prompt, clean[rid], noisy[rid],
+                  {"method": "seva", **({"noise_step": noise_step} if noise_step is not None
+                                        else {})})
+        if rid in rej_img and rej_img[rid] != rec["image"]:
+            p["rejected_image"] = rej_img[rid]
+        pairs.append(p)
+    return pairs, {"method": "seva", "n_records": len(records), "n_pairs": len(pairs),
+                   "noise_step": noise_step, "skipped_identical": len(identical),
+                   "skipped_identical_ids": identical, "skipped_no_answer": len(missing),
+                   "skipped_no_answer_ids": missing}
+
+
+# ---------------------------------------------------------------------------------------------
+# SIMA
+# ---------------------------------------------------------------------------------------------
+
+# Our wording after SIMA's in-context self-critic: ground truth + two responses + the three
+# visual critic metrics, answer "Response 1" or "Response 2".
+SIMA_CRITIC_PROMPT = """You are an expert judge of answers about images. Look at the image and \
+read the question, the ground-truth answer, and two responses to the question.
+
+Question: {question}
+
+Ground truth: {ground_truth}
+
+Response 1: {response_1}
+
+Response 2: {response_2}
+
+Decide which response is better using these three metrics:
+1. Accuracy of object descriptions: the objects the response describes are really in the \
+image, as the ground truth says, and no object is invented.
+2. Accuracy of relationships between objects: the positions and interactions between objects \
+are described correctly.
+3. Accuracy of attributes of objects: colours, sizes, shapes and counts are described \
+correctly.
+
+Reply with "Response 1" or "Response 2" only."""
+
+
+def parse_critic_choice(text: str) -> int | None:
+    """1 or 2 from a critic verdict; None when it names neither (or both, undecidably).
+
+    Accepts "Response 1", "response 2.", "**Response 2** is better", a bare "1"/"2"; when both
+    are named, the one right after "better"/"choose"/"prefer"/"answer" words wins, else the
+    verdict at the start of the reply; otherwise the reply is unparseable.
+    """
+    t = re.sub(r"[*_`\"']", "", text or "").strip().lower()
+    if not t:
+        return None
+    m = re.match(r"^(?:response|answer)?\s*#?\s*([12])\b", t)
+    if m:
+        return int(m.group(1))
+    found = {int(x) for x in re.findall(r"response\s*#?\s*([12])\b", t)}
+    if len(found) == 1:
+        return found.pop()
+    if len(found) == 2:
+        m = re.search(r"(?:better|best|choose|chose|prefer|preferred|winner|verdict)\W+"
+                      r"(?:\w+\W+){0,3}?response\s*#?\s*([12])\b", t)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+class SimaRankError(Exception):
+    """No critic comparison of a record could be parsed."""
+
+
+class SimaRanker:
+    """Ranks k responses with the model as its own in-context critic (SIMA).
+
+    ``generate_fn(images, prompts) -> list[str]`` is the model (greedy); ``image_fn(record)``
+    gives the image object passed to it (default: ``record["image"]``). Round-robin tournament:
+    every pair (i < j) is judged once (and again swapped with ``both_orders``); the winner of a
+    comparison scores 1, an unparseable verdict scores nothing and is counted in
+    ``stats["parse_failures"]``. Returns indices best -> worst (ties by index); raises
+    :class:`SimaRankError` when every comparison failed.
+    """
+
+    def __init__(self, generate_fn: Callable[[list, list[str]], list[str]], *,
+                 image_fn: Callable[[Mapping], Any] | None = None, both_orders: bool = False):
+        self.generate_fn = generate_fn
+        self.image_fn = image_fn or (lambda rec: rec["image"])
+        self.both_orders = both_orders
+        self.stats = {"comparisons": 0, "parse_failures": 0}
+
+    def __call__(self, record: Mapping, responses: Sequence[str]) -> list[int]:
+        question, gt_answer = _question_answer(record, 0)
+        k = len(responses)
+        games = [(i, j) for i in range(k) for j in range(i + 1, k)]
+        if self.both_orders:
+            games += [(j, i) for i, j in games]
+        prompts = [SIMA_CRITIC_PROMPT.format(question=question, ground_truth=gt_answer,
+                                             response_1=responses[a], response_2=responses[b])
+                   for a, b in games]
+        image = self.image_fn(record)
+        verdicts = self.generate_fn([image] * len(prompts), prompts) if prompts else []
+        wins = [0] * k
+        parsed = 0
+        for (a, b), v in zip(games, verdicts):
+            self.stats["comparisons"] += 1
+            c = parse_critic_choice(v)
+            if c is None:
+                self.stats["parse_failures"] += 1
+                continue
+            parsed += 1
+            wins[a if c == 1 else b] += 1
+        if games and parsed == 0:
+            raise SimaRankError("no critic verdict could be parsed")
+        return sorted(range(k), key=lambda i: (-wins[i], i))
+
+
+def build_sima_pairs(records: Sequence[Mapping], samples: Mapping[str, Sequence[str]],
+                     rank_fn: Callable[[Mapping, Sequence[str]], Sequence[int]]
+                     ) -> tuple[list[dict], dict]:
+    """Best vs worst of each record's sampled responses, as ranked by ``rank_fn``.
+
+    ``samples``: ``{id: [response, ...]}``; ``rank_fn(record, responses)`` returns indices
+    best -> worst (e.g. a :class:`SimaRanker`). Duplicate responses are collapsed first;
+    records with fewer than two distinct responses, whose ranking fails, or whose best and
+    worst are identical after normalisation are skipped and counted.
+    """
+    pairs: list[dict] = []
+    skipped: Counter = Counter()
+    skipped_ids: dict[str, list[str]] = {}
+
+    def skip(reason: str, rid: str) -> None:
+        skipped[reason] += 1
+        skipped_ids.setdefault(reason, []).append(rid)
+
+    for i, rec in enumerate(records):
+        _check_record(rec, i)
+        prompt, _ = _question_answer(rec, i)
+        rid = str(rec["id"])
+        resp = samples.get(rid)
+        if not resp:
+            skip("no_samples", rid)
+            continue
+        distinct: list[str] = []
+        for r in resp:
+            if r.strip() and normalize_response(r) not in {normalize_response(d)
+                                                           for d in distinct}:
+                distinct.append(r)
+        if len(distinct) < 2:
+            skip("fewer_than_two_distinct", rid)
+            continue
+        try:
+            order = list(rank_fn(rec, distinct))
+        except SimaRankError:
+            skip("rank_failed", rid)
+            continue
+        if sorted(order) != list(range(len(distinct))):
+            raise ValueError(f"rank_fn returned {order!r} for {len(distinct)} responses "
+                             f"(record {rid!r}): expected a permutation of their indices")
+        best, worst = distinct[order[0]], distinct[order[-1]]
+        if normalize_response(best) == normalize_response(worst):
+            skip("identical", rid)
+            continue
+        pairs.append(_pair(rec, prompt, best, worst,
+                           {"method": "sima", "n_samples": len(resp),
+                            "n_distinct": len(distinct), "best": order[0],
+                            "worst": order[-1]}))
+    stats = {"method": "sima", "n_records": len(records), "n_pairs": len(pairs),
+             "skipped": dict(skipped), "skipped_ids": skipped_ids}
+    if hasattr(rank_fn, "stats"):
+        stats["critic"] = dict(rank_fn.stats)
+    return pairs, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# POVID
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TextEdit:
+    """One replacement ``text[start:end] = new`` of kind object/attribute/relation."""
+
+    kind: str
+    start: int
+    end: int
+    old: str
+    new: str
+
+    def apply(self, text: str) -> str:
+        return text[: self.start] + self.new + text[self.end:]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _match_case(src: str, new: str) -> str:
+    return new[:1].upper() + new[1:] if src[:1].isupper() else new
+
+
+_WORD_RE = re.compile(r"[A-Za-z]+")
+
+
+def object_edit(text: str, mentions: Sequence[Any], present: set[str], absent: Sequence[str],
+                cooc: Mapping[str, Mapping[str, int]], rng: random.Random) -> TextEdit | None:
+    """Replace one present object's word with the absent category that co-occurs with it most
+    (ties and no co-occurrence data: random among the candidates). A preceding "a"/"an" is
+    fixed in the same edit ("a cup" -> "an umbrella")."""
+    from visalign.methods.nsft_data import _a, _is_plural, _plural
+
+    cands = [m for m in mentions if m.category in present] if present else list(mentions)
+    if not cands or not absent:
+        return None
+    m = rng.choice(cands)
+    counts = cooc.get(m.category, {})
+    best = max((counts.get(c, 0) for c in absent), default=0)
+    pool = sorted(c for c in absent if counts.get(c, 0) == best and c != m.category)
+    if not pool:
+        return None
+    new_cat = rng.choice(pool)
+    surface = text[m.start:m.end]
+    new = _plural(new_cat) if _is_plural(surface) else new_cat
+    start = m.start
+    art = re.search(r"\b(an?)\s+$", text[:m.start], re.I)
+    if art and not _is_plural(surface):
+        start = art.start(1)
+        new = f"{_match_case(art.group(1), _a(new).split()[0])} {new}"
+    else:
+        new = _match_case(surface, new)
+    return TextEdit("object", start, m.end, text[start:m.end], new)
+
+
+def attribute_edit(text: str, colors: Sequence[str], rng: random.Random,
+                   protected: Sequence[tuple[int, int]] = ()) -> TextEdit | None:
+    """Swap one colour word for a different colour from ``colors``."""
+    vocab = {c.lower() for c in colors}
+    cands = [w for w in _WORD_RE.finditer(text) if w.group().lower() in vocab
+             and not any(s < w.end() and w.start() < e for s, e in protected)]
+    if not cands or len(vocab) < 2:
+        return None
+    w = rng.choice(cands)
+    new = rng.choice(sorted(vocab - {w.group().lower()}))
+    return TextEdit("attribute", w.start(), w.end(), w.group(), _match_case(w.group(), new))
+
+
+_RELATION_SWAPS = {"left": "right", "right": "left", "above": "below", "below": "above",
+                   "on": "under", "under": "on"}
+
+
+def relation_edit(text: str, rng: random.Random) -> TextEdit | None:
+    """Swap one spatial word: left<->right, above<->below, on<->under. "on"/"under" only
+    before a determiner and a non-region word ("on the table", not "on the left")."""
+    cands = []
+    for w in _WORD_RE.finditer(text):
+        lw = w.group().lower()
+        if lw not in _RELATION_SWAPS:
+            continue
+        if lw in ("on", "under"):
+            nxt = re.match(r"\s+(?:the|a|an|its|their)\s+([A-Za-z]+)", text[w.end():])
+            if not nxt or nxt.group(1).lower() in {"left", "right", "top", "bottom", "side",
+                                                   "center", "middle", "other", "way"}:
+                continue
+        cands.append(w)
+    if not cands:
+        return None
+    w = rng.choice(cands)
+    new = _RELATION_SWAPS[w.group().lower()]
+    return TextEdit("relation", w.start(), w.end(), w.group(), _match_case(w.group(), new))
+
+
+# Our wording after POVID's hallucination-injection prompt (object co-occurrence, logical
+# relationships between entities, attributes), for an OpenAI-compatible endpoint.
+POVID_PROMPT = """You are given the correct description of an image. Rewrite it so that it \
+contains a few hallucinations, keeping everything else unchanged. Introduce them in these ways:
+1. Object co-occurrence: add or substitute objects that often appear together with the \
+described objects but are not in the image.
+2. Logical relationships: change the relationships or relative positions between objects.
+3. Attributes: change attributes of objects such as colour, shape, size or number.
+Keep the style and length of the original and change only a few phrases. Output only the \
+rewritten description.
+
+Description: {description}"""
+
+
+def povid_llm_edit(client: Any, description: str) -> str | None:
+    """The endpoint's hallucinated rewrite of ``description`` (None when empty/unchanged)."""
+    reply = client.chat([{"role": "user", "content": POVID_PROMPT.format(
+        description=description.strip())}])
+    text = (reply or "").strip()
+    text = re.sub(r"^(?:rewritten|hallucinated|modified|new)?\s*description\s*:\s*", "", text,
+                  flags=re.I).strip().strip('"').strip()
+    if not text or normalize_response(text) == normalize_response(description):
+        return None
+    return text
+
+
+def build_povid_pairs(records: Sequence[Mapping], gt: Any, rng: random.Random, *,
+                      stages: Iterable[int] = (1, 2), editor: str = "rules",
+                      edits: Sequence[str] = ("object", "attribute", "relation"),
+                      client: Any = None, noisy_answers: Any = None,
+                      noise_step: int | None = None,
+                      rejected_images: Mapping[str, str] | None = None
+                      ) -> tuple[list[dict], dict]:
+    """POVID pairs: stage 1 (GT vs GT with one injected hallucination) and stage 2 (GT vs the
+    model's answer on the noised image), tagged ``meta.stage``.
+
+    ``gt``: a :class:`visalign.methods.nsft_data.GroundTruth` (rules editor: present/absent
+    objects, co-occurrence, colours) or None (then object edits pick any absent category of
+    no ground truth, i.e. none, and attribute edits use the basic colour list). ``editor``:
+    ``"rules"`` or ``"llm"`` (``client.chat``, e.g. a JudgeClient). ``noisy_answers``: the
+    model's answers on noised images, needed for stage 2.
+    """
+    from visalign.methods.nsft_data import COLOR_WORDS
+
+    stages = set(stages)
+    unknown = [e for e in edits if e not in ("object", "attribute", "relation")]
+    if unknown:
+        raise ValueError(f"unknown POVID edit kind(s) {unknown}; valid: object, attribute, "
+                         "relation")
+    if editor not in ("rules", "llm"):
+        raise ValueError(f"POVID editor must be 'rules' or 'llm', got {editor!r}")
+    if editor == "llm" and 1 in stages and client is None:
+        raise ValueError("POVID editor 'llm' needs a client (JudgeClient)")
+    if 2 in stages and noisy_answers is None:
+        raise ValueError("POVID stage 2 needs the model's answers on noised images")
+    noisy = _amap(noisy_answers, "noisy answers") if noisy_answers is not None else {}
+    rej_img = dict(rejected_images or {})
+    if noisy_answers is not None and not isinstance(noisy_answers, Mapping):
+        for a in noisy_answers:
+            if isinstance(a.get("image"), str):
+                rej_img.setdefault(str(a["id"]), a["image"])
+    colors = list(gt.colors) if gt is not None and len(getattr(gt, "colors", [])) >= 2 else \
+        [c for c in COLOR_WORDS if c != "grey"]
+    pairs: list[dict] = []
+    kinds: Counter = Counter()
+    skipped: Counter = Counter()
+    skipped_ids: dict[str, list[str]] = {}
+
+    def skip(reason: str, rid: str) -> None:
+        skipped[reason] += 1
+        skipped_ids.setdefault(reason, []).append(rid)
+
+    for i, rec in enumerate(records):
+        _check_record(rec, i)
+        prompt, gt_answer = _question_answer(rec, i)
+        rid = str(rec["id"])
+        if 1 in stages:
+            if editor == "llm":
+                rejected = povid_llm_edit(client, gt_answer)
+                if rejected is None:
+                    skip("llm_no_edit", rid)
+                else:
+                    kinds["llm"] += 1
+                    pairs.append(_pair(rec, prompt, gt_answer, rejected,
+                                       {"method": "povid", "stage": 1,
+                                        "edit": {"kind": "llm"}}, "_s1"))
+            else:
+                edit = _rule_edit(rec, gt_answer, gt, colors, edits, rng)
+                if edit is None:
+                    skip("no_applicable_edit", rid)
+                else:
+                    kinds[edit.kind] += 1
+                    pairs.append(_pair(rec, prompt, gt_answer, edit.apply(gt_answer),
+                                       {"method": "povid", "stage": 1,
+                                        "edit": edit.to_dict()}, "_s1"))
+        if 2 in stages:
+            if rid not in noisy:
+                skip("no_noisy_answer", rid)
+            elif normalize_response(noisy[rid]) == normalize_response(gt_answer):
+                skip("identical", rid)
+            else:
+                meta = {"method": "povid", "stage": 2}
+                if noise_step is not None:
+                    meta["noise_step"] = noise_step
+                p = _pair(rec, prompt, gt_answer, noisy[rid], meta, "_s2")
+                if rid in rej_img and rej_img[rid] != rec["image"]:
+                    p["rejected_image"] = rej_img[rid]
+                pairs.append(p)
+    return pairs, {"method": "povid", "n_records": len(records), "n_pairs": len(pairs),
+                   "stage1_pairs": sum(p["meta"]["stage"] == 1 for p in pairs),
+                   "stage2_pairs": sum(p["meta"]["stage"] == 2 for p in pairs),
+                   "edit_kinds": dict(kinds), "editor": editor, "skipped": dict(skipped),
+                   "skipped_ids": skipped_ids}
+
+
+def _rule_edit(rec: Mapping, text: str, gt: Any, colors: Sequence[str], edits: Sequence[str],
+               rng: random.Random) -> TextEdit | None:
+    """One rule edit of a kind drawn at random among those applicable to ``text``."""
+    options: dict[str, Callable[[], TextEdit | None]] = {}
+    mentions = list(gt.mentions(text)) if gt is not None else []
+    spans = [(m.start, m.end) for m in mentions]
+    if "object" in edits and gt is not None:
+        iid = gt.image_id_for(rec)
+        present = gt.present(iid) if iid is not None else set()
+        absent = [c for c in gt.categories if c not in present]
+        if iid is not None:
+            options["object"] = lambda: object_edit(text, mentions, present, absent,
+                                                    gt.cooccurrence(), rng)
+    if "attribute" in edits:
+        options["attribute"] = lambda: attribute_edit(text, colors, rng, spans)
+    if "relation" in edits:
+        options["relation"] = lambda: relation_edit(text, rng)
+    kinds = [k for k in edits if k in options]
+    rng.shuffle(kinds)
+    for k in kinds:
+        e = options[k]()
+        if e is not None:
+            return e
+    return None
