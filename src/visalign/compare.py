@@ -1,0 +1,398 @@
+"""``visalign compare`` / ``visalign demo``: every method on the same footing, end to end.
+
+The grid: a base model, then each method trained from it on alignment subsets of the base's own
+instruction data (nested subsets of two sizes, the paper's 5k/10k analogue: the smaller set's
+images are a prefix of the larger's), each result evaluated by the same suite with the same
+generation settings (:func:`visalign.eval.suite.evaluate_model`). Every cell lives in its own
+directory, ``OUT/cells/<method>-<size>/``, and is finished once its ``row.json`` exists, so a
+re-run (after a crash, or with a method added) only computes what is missing.
+
+Stages call the same library functions and command handlers a user runs by hand (world build,
+world base, nsft build, pairs, train sft/dpo/fisao, fisao calibrate), so the grid exercises
+exactly the user-facing paths.
+
+Outputs: ``OUT/results.json`` (shared result format of ``DESIGN.md``), ``results.md`` /
+``results.csv`` (Table-9 style with (+x) totals), the figures (``figures/*.png``: the method
+bars, FiSAO's Fig. 1 token- vs sentence-level score distributions, Fig. 2 BLEU/ROUGE correlation
+of sentence scores, Fig. 4 reward shift before/after FiSAO) and ``report.md`` embedding them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from visalign.config import field, load_config, save_run_config
+from visalign.eval.suite import EvalSettings
+from visalign.io import read_json, write_json
+
+METHODS = ("cont-sft", "nsft", "gt-dpo", "seva", "sima", "povid", "fisao")
+DPO_METHODS = ("gt-dpo", "seva", "sima", "povid")
+# Which alignment records each method consumes. nSFT (and its cont-SFT baseline) train on long
+# descriptions plus short answers, as the paper mixes LLaVA detail descriptions with OCRVQA;
+# the preference baselines and FiSAO work on detailed-description prompts, as their papers do.
+METHOD_TASKS = {"cont-sft": ("detail", "vqa"), "nsft": ("detail", "vqa"),
+                "gt-dpo": ("detail",), "seva": ("detail",), "sima": ("detail",),
+                "povid": ("detail",), "fisao": ("detail",)}
+
+
+@dataclasses.dataclass
+class CompareConfig:
+    out: str = field("", help="output dir of the comparison")
+    world: str = field("", help="existing world dir ('' = build one into OUT/world)")
+    world_preset: Literal["small", "tiny"] = field("small", help="world size when building")
+    base_model: str = field("", help="existing base model dir ('' = train one into OUT/base)")
+    base_preset: Literal["small", "tiny"] = field("small", help="base model preset when training")
+    base_overrides: dict = field({}, help="overrides of the base model config (world base)")
+    methods: list[str] = field(list(METHODS), help="methods of the grid")
+    data_sizes: list[int] = field([300, 600], help="alignment images per size (nested subsets)")
+    seed: int = field(0, help="seed of subset sampling and of every trainer")
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    calibration_images: int = field(300, help="FiSAO calibration images (disjoint from the "
+                                              "alignment sets)")
+    sft: dict = field({}, help="overrides of every SFT run (cont-sft, nsft), e.g. {lr: 1e-4}")
+    dpo: dict = field({}, help="overrides of every DPO run (gt-dpo, seva, sima, povid)")
+    fisao: dict = field({}, help="overrides of the FiSAO run")
+    nsft_data: dict = field({}, help="overrides of nsft build (NsftDataConfig)")
+    pairs: dict = field({}, help="overrides of the pair builders (PairsConfig)")
+    method_overrides: dict = field({}, help="per-method trainer overrides, e.g. "
+                                            "{seva: {lr: 1e-5}}")
+    progress: bool = field(True, help="progress bars and stage lines")
+
+
+class _Stages:
+    """Wall time per stage, kept in ``OUT/timings.json`` across resumed runs."""
+
+    def __init__(self, out: Path, progress: bool):
+        self.path = out / "timings.json"
+        self.times: dict[str, float] = read_json(self.path) if self.path.exists() else {}
+        self.progress = progress
+
+    def run(self, name: str, fn: Callable[[], Any], done: bool = False) -> Any:
+        if done:
+            self._say(f"[compare] {name}: done earlier, skipped")
+            return None
+        self._say(f"[compare] {name} ...")
+        t = time.time()
+        res = fn()
+        self.times[name] = round(time.time() - t, 2)
+        write_json(self.path, self.times)
+        self._say(f"[compare] {name}: {self.times[name]:.1f}s")
+        return res
+
+    def _say(self, msg: str) -> None:
+        if self.progress:
+            print(msg, file=sys.stderr, flush=True)
+
+
+def _cli(argv: list[str]) -> None:
+    """Run a visalign command as a user would; its errors become exceptions here."""
+    from visalign.cli import main
+
+    rc = main([*argv, "--debug"])
+    if rc:
+        raise RuntimeError(f"`visalign {' '.join(argv)}` failed with exit code {rc}")
+
+
+def _kv(d: dict, prefix: str = "") -> list[str]:
+    """A nested dict as ``key=value`` overrides (YAML scalars)."""
+    import yaml
+
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _kv(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
+                       .replace("\n...", ""))
+    return out
+
+
+def alignment_image_ids(world: Any, seed: int) -> list[int]:
+    """The train images in the grid's order: nested prefixes are the alignment subsets."""
+    from visalign.data.coco import load_coco_instances
+
+    ids = sorted(load_coco_instances(world.instances_path(world.train_split)).getImgIds())
+    random.Random(seed).shuffle(ids)
+    return ids
+
+
+def write_alignment_data(world: Any, image_ids: list[int], tasks: tuple[str, ...],
+                         path: Path) -> Path:
+    """LLaVA records of ``tasks`` for ``image_ids`` (image paths relative to the world)."""
+    from visalign.data.llava import load_llava_records
+
+    keep = set(image_ids)
+    recs = [r for r in load_llava_records(world.llava_path(world.train_split))
+            if r.get("image_id") in keep and r.get("task") in tasks]
+    if not recs:
+        raise ValueError(f"{world.root}: no {tasks} records for the alignment images")
+    if not path.exists():
+        write_json(path, recs)
+    return path
+
+
+def _trainer_cfg(kind: str, method: str, cfg: CompareConfig, flags: dict) -> Any:
+    from visalign.commands.train import preset_path
+
+    if kind == "sft":
+        from visalign.methods.sft import SftConfig as Cls
+        extra = cfg.sft
+    elif kind == "dpo":
+        from visalign.methods.dpo import DpoConfig as Cls
+        extra = cfg.dpo
+    else:
+        from visalign.methods.fisao import FisaoConfig as Cls
+        extra = cfg.fisao
+    c = load_config(Cls, preset_path(method))
+    c = load_config(Cls, None, extra, base=c)
+    c = load_config(Cls, None, cfg.method_overrides.get(method, {}), base=c)
+    return load_config(Cls, None, {"seed": cfg.seed, "progress": cfg.progress, **flags}, base=c)
+
+
+def run_compare(cfg: CompareConfig) -> dict:
+    """Run (or resume) the grid; returns the ``results.json`` content."""
+    from visalign.eval.suite import evaluate_model
+    from visalign.report import plot_methods, report_markdown, write_results
+    from visalign.world import build_world, load_world, world_config
+
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if not cfg.out:
+        raise ValueError("compare: out=DIR is required")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_run_config(cfg, out)
+    st = _Stages(out, cfg.progress)
+    t_all = time.time()
+
+    # 1. world
+    world_dir = Path(cfg.world) if cfg.world else out / "world"
+    if not cfg.world:
+        st.run("world", lambda: build_world(world_config(cfg.world_preset, seed=cfg.seed),
+                                            world_dir, overwrite=True, preset=cfg.world_preset,
+                                            progress=cfg.progress),
+               done=(world_dir / "world.json").exists())
+    world = load_world(world_dir)
+
+    # 2. base model (trained here unless given), evaluated by the grid's own suite
+    base = Path(cfg.base_model) if cfg.base_model else out / "base"
+    if not cfg.base_model:
+        def train_base() -> None:
+            from visalign.world.base import base_config, build_base_model
+            bc = base_config(cfg.base_preset, {**cfg.base_overrides, "world": str(world_dir),
+                                               "out": str(base), "seed": cfg.seed,
+                                               "progress": cfg.progress, "skip_eval": True})
+            build_base_model(bc)
+        st.run("base", train_base, done=(base / "config.json").exists()
+               and (base / "verifier").exists())
+    rows: list[dict] = []
+    cells = out / "cells"
+    rows.append(_cell(st, cells / "base", "base", 0,
+                      lambda d: str(base), world, cfg, evaluate_model))
+
+    # 3. alignment subsets
+    data = out / "data"
+    data.mkdir(exist_ok=True)
+    order = alignment_image_ids(world, cfg.seed)
+    sizes = sorted(set(cfg.data_sizes))
+    if sizes and sizes[-1] > len(order):
+        raise ValueError(f"data size {sizes[-1]} > {len(order)} train images of {world_dir}")
+    if "fisao" in cfg.methods and sizes[-1] + cfg.calibration_images > len(order):
+        raise ValueError(f"{sizes[-1]} alignment + {cfg.calibration_images} calibration images "
+                         f"> {len(order)} train images")
+    calib_ids = order[len(order) - cfg.calibration_images:]
+
+    # 4. FiSAO's verifier calibration (once: it depends on the base model only)
+    calib_dir = out / "fisao_calibration"
+    if "fisao" in cfg.methods:
+        st.run("fisao-calibrate", lambda: _calibrate(world, base, calib_ids, calib_dir, cfg),
+               done=(calib_dir / "calibration.json").exists())
+
+    # 5. the grid
+    for size in sizes:
+        ids = order[:size]
+        for method in cfg.methods:
+            def train(d: Path, method=method, ids=ids) -> str:
+                return _train_method(method, world, base, ids, d, data, calib_dir, cfg)
+            rows.append(_cell(st, cells / f"{method}-{size}", method, size, train, world, cfg,
+                              evaluate_model))
+
+    # 6. table, figures, report
+    figs_dir = out / "figures"
+    figs_dir.mkdir(exist_ok=True)
+    figures: dict[str, str] = {}
+    plot_methods(rows, figs_dir / "methods.png")
+    figures["Hallucination metrics per method"] = "figures/methods.png"
+    analysis: dict[str, Any] = {}
+    if "fisao" in cfg.methods and (calib_dir / "calibration_report.json").exists():
+        rep = read_json(calib_dir / "calibration_report.json")
+        analysis["calibration"] = {k: rep.get(k) for k in (
+            "mu_gt", "mu_hal", "s_min", "s_max", "auroc_token", "auroc_sentence",
+            "auroc_response", "n_gt", "n_hal")}
+        for name, fname, caption in (
+                ("token", "fig1a_token_scores.png", "Fig. 1a: token-level verifier scores"),
+                ("sentence", "fig1b_sentence_scores.png",
+                 "Fig. 1b: sentence-level verifier scores"),
+                ("bleu", "fig2a_sentence_vs_bleu.png", "Fig. 2a: sentence score vs BLEU-4"),
+                ("rouge", "fig2b_sentence_vs_rouge.png", "Fig. 2b: sentence score vs ROUGE-L")):
+            if (calib_dir / fname).exists():
+                shutil.copyfile(calib_dir / fname, figs_dir / fname)
+                figures[caption] = f"figures/{fname}"
+        for size in sizes:
+            shift = _reward_shift(world, base, cells / "base" / "eval",
+                                  cells / f"fisao-{size}" / "eval", calib_dir,
+                                  figs_dir / f"fig4_reward_shift_{size}.png")
+            if shift:
+                analysis[f"reward_shift_{size}"] = shift
+                figures[f"Fig. 4: generated-object scores before/after FiSAO ({size} images)"] \
+                    = f"figures/fig4_reward_shift_{size}.png"
+    timings = dict(st.times)
+    timings["total_this_run"] = round(time.time() - t_all, 2)
+    results = {"rows": rows, "config": _config_dict(cfg), "timings": timings,
+               "analysis": analysis}
+    write_json(out / "results.json", results)
+    write_results(rows, out, title="visalign comparison")
+    notes = [f"{k}: {v}" for k, v in analysis.get("calibration", {}).items() if v is not None]
+    (out / "report.md").write_text(report_markdown(rows, figures, st.times, notes))
+    return results
+
+
+def _config_dict(cfg: CompareConfig) -> dict:
+    from visalign.config import config_to_dict
+    return config_to_dict(cfg)
+
+
+def _cell(st: _Stages, d: Path, method: str, size: int, train: Callable[[Path], str],
+          world: Any, cfg: CompareConfig, evaluate: Callable) -> dict:
+    """Train (unless done) and evaluate one (method, size); ``row.json`` marks it finished."""
+    row_path = d / "row.json"
+    if row_path.exists():
+        st.run(f"{method}-{size}" if size else method, lambda: None, done=True)
+        return read_json(row_path)
+    d.mkdir(parents=True, exist_ok=True)
+    name = f"{method}-{size}" if size else method
+    model_dir = st.run(f"{name}:train", lambda: train(d)) if method != "base" else train(d)
+    ev = st.run(f"{name}:eval", lambda: evaluate(model_dir, world, d / "eval", cfg.eval))
+    row = {"method": method, "data_size": size, "metrics": ev["metrics"],
+           "model": str(model_dir)}
+    write_json(row_path, row)
+    return row
+
+
+def _train_method(method: str, world: Any, base: Path, ids: list[int], d: Path, data: Path,
+                  calib_dir: Path, cfg: CompareConfig) -> str:
+    """Build the method's data from the base model and train it; returns the model dir."""
+    tasks = METHOD_TASKS[method]
+    align = write_alignment_data(world, ids, tasks, data / f"align_{len(ids)}_{'+'.join(tasks)}"
+                                                           f".json")
+    root = str(world.image_root)
+    ann = [world.instances_path(world.train_split), world.captions_path(world.train_split),
+           world.synonyms_path]
+    if method == "cont-sft":
+        from visalign.methods.sft import train_sft
+        res = train_sft(_trainer_cfg("sft", method, cfg, {
+            "model": str(base), "data": str(align), "image_root": root, "out": str(d / "train"),
+            "preset": method}))
+    elif method == "nsft":
+        from visalign.methods.sft import train_sft
+        nd = d / "nsft_data"
+        if not (nd / "nsft.json").exists():
+            _cli(["nsft", "build", "--data", str(align), "--image-root", root, "--model",
+                  str(base), "--instances", str(ann[0]), "--coco-captions", str(ann[1]),
+                  "--synonyms", str(ann[2]), "--out", str(nd),
+                  *_kv({"seed": cfg.seed, **cfg.nsft_data})])
+        res = train_sft(_trainer_cfg("sft", method, cfg, {
+            "model": str(base), "data": str(nd / "nsft.json"), "image_root": root,
+            "out": str(d / "train"), "preset": method}))
+    elif method in DPO_METHODS:
+        from visalign.methods.dpo import train_dpo
+        pairs = d / "pairs.json"
+        if not pairs.exists():
+            extra = (["--instances", str(ann[0]), "--coco-captions", str(ann[1]),
+                      "--synonyms", str(ann[2])] if method == "povid" else [])
+            _cli(["pairs", method, "--data", str(align), "--image-root", root, "--model",
+                  str(base), "--out", str(pairs), *extra,
+                  *_kv({"seed": cfg.seed, **cfg.pairs})])
+        res = train_dpo(_trainer_cfg("dpo", method, cfg, {
+            "model": str(base), "pairs": str(pairs), "image_root": root,
+            "out": str(d / "train"), "preset": method}))
+    elif method == "fisao":
+        from visalign.methods.fisao import train_fisao
+        res = train_fisao(_trainer_cfg("fisao", method, cfg, {
+            "model": str(base), "data": str(align), "image_root": root,
+            "out": str(d / "train"), "calibration": str(calib_dir / "calibration.json"),
+            "extra_vocab": str(ann[2])}))
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return str(res.model_dir)
+
+
+def _calibrate(world: Any, base: Path, image_ids: list[int], out: Path,
+               cfg: CompareConfig) -> dict:
+    """FiSAO Eq. 7 calibration on train images outside every alignment subset."""
+    from visalign.io import read_jsonl, write_jsonl
+    from visalign.methods.fisao_calibrate import CalibrateConfig, calibrate_verifier
+
+    keep = set(image_ids)
+    prompts = [p for p in read_jsonl(world.prompts_path(world.train_split))
+               if p["image_id"] in keep]
+    out.mkdir(parents=True, exist_ok=True)
+    ppath = out / "prompts.jsonl"
+    write_jsonl(ppath, prompts)
+    return calibrate_verifier(CalibrateConfig(
+        model=str(base), prompts=str(ppath), image_root=str(world.image_root),
+        instances=str(world.instances_path(world.train_split)),
+        captions=str(world.captions_path(world.train_split)),
+        synonyms=str(world.synonyms_path), out=str(out), n_images=len(prompts),
+        max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size))
+
+
+def _reward_shift(world: Any, base: Path, before_dir: Path, after_dir: Path, calib_dir: Path,
+                  path: Path) -> dict | None:
+    """Fig. 4: verifier scores of the objects each model mentions on the held-out images."""
+    from PIL import Image
+
+    from visalign.analysis.distributions import plot_reward_shift
+    from visalign.eval.chair import Chair, load_synonyms
+    from visalign.io import read_jsonl
+    from visalign.methods.fisao_calibrate import score_mentions
+    from visalign.verifier.entities import EntitySet
+    from visalign.verifier.reward import Calibration
+    from visalign.verifier.scorer import ClipScorer
+
+    fa, fb = after_dir / "answers_detail.jsonl", before_dir / "answers_detail.jsonl"
+    if not (fa.exists() and fb.exists()):
+        return None
+    calib = Calibration.from_json(calib_dir / "calibration.json")
+    split = world.eval_split
+    chair = Chair.from_coco(world.instances_path(split), world.captions_path(split),
+                            load_synonyms(world.synonyms_path))
+    scorer = ClipScorer.from_pretrained(str(base / "verifier"), template=calib.template)
+    entities = EntitySet.build(extra=str(world.synonyms_path))
+    before, after = read_jsonl(fb), read_jsonl(fa)
+    images = {a["image_id"]: Image.open(world.image_path(split, a["image_id"])).convert("RGB")
+              for a in before + after}
+    sb = [r["token_score"] for r in score_mentions(before, chair, scorer, entities, images)]
+    sa = [r["token_score"] for r in score_mentions(after, chair, scorer, entities, images)]
+    if not sb or not sa:
+        return None
+    res = plot_reward_shift(sb, sa, path, "Generated-object verifier scores (held-out)")
+    res["path"] = str(path)
+    return res
+
+
+def demo_config(out: str, overrides: Any = ()) -> CompareConfig:
+    """The README's main job: the micro-world grid sized for ≤ 15 minutes on 2 CPU cores."""
+    from importlib import resources
+
+    p = resources.files("visalign") / "resources" / "compare" / "demo.yaml"
+    cfg = load_config(CompareConfig, Path(str(p)))
+    return load_config(CompareConfig, None, [*overrides, f"out={out}"] if isinstance(
+        overrides, (list, tuple)) else {**overrides, "out": out}, base=cfg)
