@@ -297,6 +297,9 @@ class VLM:
             for s, e in sample_spans:
                 s2, e2 = _shift(s, shifts), _shift(e, shifts)
                 labelled[i] |= nonempty[i] & (tok_end[i] > s2) & (tok_start[i] < e2)
+                # A lone-space token (" " before a word the BPE splits) has its offsets trimmed
+                # to an empty span; inside an answer it is still answer text to be learned.
+                labelled[i] |= ~nonempty[i] & (tok_start[i] > s2) & (tok_start[i] < e2)
         labelled &= enc["attention_mask"].bool()
         enc["labels"] = input_ids.masked_fill(~labelled, IGNORE_INDEX)
         if max_length is not None and input_ids.shape[1] > max_length:
