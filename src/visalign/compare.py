@@ -29,7 +29,7 @@ from typing import Any, Callable, Literal
 
 from visalign.config import field, load_config, save_run_config
 from visalign.eval.suite import EvalSettings
-from visalign.io import read_json, write_json
+from visalign.io import atomic_write_text, read_json, write_json
 
 METHODS = ("cont-sft", "nsft", "gt-dpo", "seva", "sima", "povid", "fisao")
 DPO_METHODS = ("gt-dpo", "seva", "sima", "povid")
@@ -224,7 +224,9 @@ def run_compare(cfg: CompareConfig) -> dict:
             rows.append(_cell(st, cells / f"{method}-{size}", method, size, train, world, cfg,
                               evaluate_model))
 
-    # 6. table, figures, report
+    # 6. table, figures, report (failed cells are listed, not tabled; a re-run retries them)
+    failures = [r for r in rows if "error" in r]
+    rows = [r for r in rows if "error" not in r]
     figs_dir = out / "figures"
     figs_dir.mkdir(exist_ok=True)
     figures: dict[str, str] = {}
@@ -256,11 +258,12 @@ def run_compare(cfg: CompareConfig) -> dict:
     timings = dict(st.times)
     timings["total_this_run"] = round(time.time() - t_all, 2)
     results = {"rows": rows, "config": _config_dict(cfg), "timings": timings,
-               "analysis": analysis}
+               "analysis": analysis, "failures": failures}
     write_json(out / "results.json", results)
     write_results(rows, out, title="visalign comparison")
-    notes = [f"{k}: {v}" for k, v in analysis.get("calibration", {}).items() if v is not None]
-    (out / "report.md").write_text(report_markdown(rows, figures, st.times, notes))
+    notes = [f"FAILED {f['method']}-{f['data_size']}: {f['error']}" for f in failures]
+    notes += [f"{k}: {v}" for k, v in analysis.get("calibration", {}).items() if v is not None]
+    atomic_write_text(out / "report.md", report_markdown(rows, figures, st.times, notes))
     return results
 
 
@@ -278,8 +281,18 @@ def _cell(st: _Stages, d: Path, method: str, size: int, train: Callable[[Path], 
         return read_json(row_path)
     d.mkdir(parents=True, exist_ok=True)
     name = f"{method}-{size}" if size else method
-    model_dir = st.run(f"{name}:train", lambda: train(d)) if method != "base" else train(d)
-    ev = st.run(f"{name}:eval", lambda: evaluate(model_dir, world, d / "eval", cfg.eval))
+    try:
+        model_dir = st.run(f"{name}:train", lambda: train(d)) if method != "base" else train(d)
+        ev = st.run(f"{name}:eval", lambda: evaluate(model_dir, world, d / "eval", cfg.eval))
+    except Exception as e:  # noqa: BLE001 - one failed cell must not lose the whole grid
+        if method == "base":
+            raise
+        import traceback
+
+        atomic_write_text(d / "error.txt", traceback.format_exc())
+        st._say(f"[compare] {name}: FAILED ({type(e).__name__}: {e}); see {d / 'error.txt'}")
+        return {"method": method, "data_size": size, "error": f"{type(e).__name__}: {e}"}
+    (d / "error.txt").unlink(missing_ok=True)
     row = {"method": method, "data_size": size, "metrics": ev["metrics"],
            "model": str(model_dir)}
     write_json(row_path, row)

@@ -32,12 +32,17 @@ def _run(args: argparse.Namespace) -> int:
         over["out"] = args.out
     cfg = load_config(CompareConfig, args.config, over)
     res = run_compare(cfg)
-    _print_summary(res, cfg.out)
-    return 0
+    return _print_summary(res, cfg.out)
 
 
-def _print_summary(res: dict, out: str) -> None:
+def _print_summary(res: dict, out: str) -> int:
+    """Print the table and where the report is; exit status 1 when a cell failed."""
+    import sys
+
     from visalign.report import results_markdown
 
     print(results_markdown(res["rows"], "visalign comparison"))
+    for f in res.get("failures", []):
+        print(f"FAILED {f['method']}-{f['data_size']}: {f['error']}", file=sys.stderr)
     print(f"report: {out}/report.md  results: {out}/results.json  figures: {out}/figures/")
+    return 1 if res.get("failures") else 0

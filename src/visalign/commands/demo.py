@@ -28,6 +28,4 @@ def _run(args: argparse.Namespace) -> int:
     cfg = demo_config(args.out, args.overrides)
     if args.config:
         cfg = load_config(CompareConfig, args.config, args.overrides, base=cfg)
-    res = run_compare(cfg)
-    _print_summary(res, cfg.out)
-    return 0
+    return _print_summary(run_compare(cfg), cfg.out)

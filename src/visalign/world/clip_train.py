@@ -120,7 +120,7 @@ def train_clip(model: Any, processor: Any, examples: list[ClipExample], cfg: Cli
         sched.step()
         with torch.no_grad():  # CLIP's clamp keeps the temperature from collapsing
             model.logit_scale.clamp_(0, math.log(100))
-        loss_v = float(loss)
+        loss_v = float(loss.detach())
         if bar:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_v:.3f}")
