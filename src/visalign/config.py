@@ -8,6 +8,7 @@ next to a run's outputs so every result can be traced to the exact settings that
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -28,16 +29,34 @@ class ConfigError(ValueError):
 
 def field(default: Any = dataclasses.MISSING, *, help: str = "", **kw) -> Any:
     """``dataclasses.field`` with a ``help`` string (shown by ``describe_config``)."""
-    if default is not dataclasses.MISSING and isinstance(default, (list, dict, set)):
+    if default is not dataclasses.MISSING and (isinstance(default, (list, dict, set))
+                                              or dataclasses.is_dataclass(default)):
         value = default
-        kw["default_factory"] = lambda: type(value)(value)
+        kw["default_factory"] = lambda: copy.deepcopy(value)
     elif default is not dataclasses.MISSING:
         kw["default"] = default
     return dataclasses.field(metadata={"help": help}, **kw)
 
 
+class _Typed:
+    """An override value YAML read as a non-string scalar, with the text as typed: a ``str``
+    field gets ``raw`` (``name=0123`` stays "0123", ``note=no`` stays "no"), others ``value``."""
+
+    __slots__ = ("raw", "value")
+
+    def __init__(self, raw: str, value: Any):
+        self.raw, self.value = raw, value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     """Parse ``["a.b=1", "name=x"]`` into a nested dict; values are read as YAML scalars."""
+    return _parse_overrides(overrides, keep_raw=False)
+
+
+def _parse_overrides(overrides: Iterable[str], keep_raw: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -50,6 +69,8 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if keep_raw and not isinstance(value, (str, list, dict)):
+            value = _Typed(raw.strip(), value)
         node = out
         parts = key.split(".")
         for p in parts[:-1]:
@@ -70,23 +91,43 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with every override wrapper replaced by its YAML value (for untyped fields)."""
+    if isinstance(value, _Typed):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if isinstance(value, _Typed):
+        if tp is str or tp is Path:
+            return tp(value.raw)
+        if tp is int and value.raw.isdigit():
+            return int(value.raw)  # decimal, not YAML 1.1 octal (``steps=010`` is 10)
+        if origin is typing.Literal and value.raw in args and value.value not in args:
+            return value.raw
+        if origin not in (typing.Union, types.UnionType, list, tuple) and tp not in (list, tuple):
+            value = value.value  # Union and list arms decide for themselves
     if tp is Any or tp is typing.Any:
-        return value
+        return _plain(value)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        plain = value.value if isinstance(value, _Typed) else value
+        if plain is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: {value!r} fits none of {tp}")
+            except ConfigError:
+                pass
+        if type(None) in args and isinstance(plain, str) and plain.lower() in ("none", "null"):
+            return None  # ``limit=None`` on an Optional[int]
+        raise ConfigError(f"{where}: {plain!r} fits none of {tp}")
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
@@ -108,7 +149,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        return _plain(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -140,7 +181,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return str(value)
     if tp is Path:
         return Path(value)
-    return value
+    return _plain(value)
 
 
 def _from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
@@ -150,7 +191,22 @@ def _from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; "
                           f"valid keys for {cls.__name__}: {', '.join(sorted(fields))}")
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing required config key(s) {', '.join(prefix + m for m in missing)}"
+                          f" for {cls.__name__}")
+    kwargs = {}
+    for k, v in data.items():
+        tp, f = hints[k], fields[k]
+        if isinstance(v, dict) and dataclasses.is_dataclass(tp):
+            # Partial nested keys start from the field's own default (which may differ from the
+            # nested class's defaults), not from the nested class's defaults.
+            default = (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                       else f.default)
+            if isinstance(default, tp):
+                v = _deep_merge(config_to_dict(default), v)
+        kwargs[k] = _coerce(v, tp, prefix + k)
     return cls(**kwargs)
 
 
@@ -185,7 +241,7 @@ def load_config(cls: type[T], path: str | Path | None = None,
             raise ConfigError(f"{path}: expected a mapping at the top level")
         loaded.pop("visalign_version", None)
         data = _deep_merge(data, loaded)
-    extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    extra = overrides if isinstance(overrides, dict) else _parse_overrides(overrides, True)
     data = _deep_merge(data, extra)
     return _from_dict(cls, data)
 
