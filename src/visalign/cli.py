@@ -27,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"visalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"visalign.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"visalign.commands.{name}":
-                continue  # command group not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"visalign.commands.{name}").register(sub)
     return parser
 
 
