@@ -3,8 +3,10 @@
 Both are supervised fine-tuning on LLaVA-format conversations; they differ only in the data:
 cont-SFT trains on the ground-truth conversations of the alignment set, nSFT on the corrective
 conversations that ``visalign nsft build`` makes from the model's own mistakes (seed
-000_069bb0018e4a426c, Sec. 3 and B.1). The optional per-token KL to the frozen reference is the
-full-vocabulary KL(π_ref ‖ π_θ) at every answer token, which the paper reports helps.
+000_069bb0018e4a426c, Sec. 3 and B.1). The optional per-token KL to the frozen reference
+(``kl_coef``) is the full-vocabulary KL(π_ref ‖ π_θ) averaged over the answer tokens; it is
+our addition (the supplementary material describes none) and is off in both presets. With
+LoRA the reference is the model with its adapter disabled, with full fine-tuning a frozen copy.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from visalign.config import field
+from visalign.io import DataError
 from visalign.training import TrainConfig, TrainResult, run_training
 
 
@@ -36,11 +39,20 @@ def conversation_items(records: list[dict], image_root: str) -> list[dict]:
              "id": r["id"]} for r in records]
 
 
-def make_collate(vlm: Any, max_length: int = 0):
+def _open_image(item: dict, source: Any = None):
     from PIL import Image
 
+    try:
+        with Image.open(item["image"]) as im:
+            return im.convert("RGB")
+    except OSError as e:  # missing, unreadable or truncated file
+        raise DataError(source, f"cannot read image {item['image']}: {e}", record=item["id"],
+                        field="image") from None
+
+
+def make_collate(vlm: Any, max_length: int = 0, source: Any = None):
     def collate(items: list[dict]) -> dict:
-        images = [Image.open(it["image"]).convert("RGB") for it in items]
+        images = [_open_image(it, source) for it in items]
         return vlm.encode(images, [it["conversations"] for it in items],
                           max_length=max_length or None)
     return collate
@@ -54,7 +66,7 @@ def sft_loss_fn(kl_coef: float = 0.0, ref_model: Any = None):
     """
     import torch
 
-    from visalign.losses import full_kl_from_logits
+    from visalign.losses import full_kl_from_logits, masked_mean
 
     def loss_fn(model: Any, batch: dict) -> tuple:
         out = model(**batch)
@@ -63,13 +75,20 @@ def sft_loss_fn(kl_coef: float = 0.0, ref_model: Any = None):
         if kl_coef > 0:
             with torch.no_grad():
                 if ref_model is not None:
+                    dev = batch["input_ids"].device
+                    if next(ref_model.parameters()).device != dev:
+                        ref_model.to(dev)  # the frozen copy follows the policy's device
                     ref_logits = ref_model(**batch).logits
                 else:
                     base = model.module if hasattr(model, "module") else model
+                    if not hasattr(base, "disable_adapter"):
+                        raise ValueError("kl_coef > 0 without LoRA needs a frozen ref_model")
                     with base.disable_adapter():
                         ref_logits = base(**batch).logits
+            # Position t predicts token t+1: the KL is taken where the CE is (answer tokens).
             mask = batch["labels"][:, 1:] != -100
-            kl = full_kl_from_logits(out.logits[:, :-1], ref_logits[:, :-1], mask)
+            kl_tok = full_kl_from_logits(out.logits[:, :-1], ref_logits[:, :-1], mask)
+            kl = masked_mean(kl_tok, mask)
             loss = loss + kl_coef * kl
             stats["kl"] = kl.detach()
         return loss, stats
@@ -88,11 +107,17 @@ def train_sft(cfg: SftConfig, vlm: Any = None) -> TrainResult:
         records = records[: cfg.limit]
     if not records:
         raise ValueError(f"{cfg.data}: no training records")
+    # Relative image paths start at image_root, else at the data file's directory (as
+    # `visalign nsft build` and `visalign generate` resolve them).
+    items = conversation_items(records, cfg.image_root or str(Path(cfg.data).parent))
+    for it in items:  # fail before loading the model, naming the record
+        if not Path(it["image"]).is_file():
+            raise DataError(cfg.data, f"image file not found: {it['image']}", record=it["id"],
+                            field="image")
     if vlm is None:
         vlm = load_vlm(cfg.model, dtype=cfg.dtype)
     ref = None
     if cfg.kl_coef > 0 and cfg.trainable != "lora":
         ref = copy.deepcopy(vlm.model).eval().requires_grad_(False)
-    items = conversation_items(records, cfg.image_root)
-    return run_training(cfg, vlm, items, make_collate(vlm, cfg.max_length),
+    return run_training(cfg, vlm, items, make_collate(vlm, cfg.max_length, cfg.data),
                         sft_loss_fn(cfg.kl_coef, ref), name=cfg.preset or "sft", config_obj=cfg)

@@ -1,0 +1,227 @@
+"""Continual SFT / nSFT trainer on the tiny LLaVA: LoRA and full, the KL option, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from visalign.io import write_json
+from visalign.methods import sft as sft_mod
+from visalign.methods.sft import SftConfig, sft_loss_fn, train_sft
+
+COLORS = ["red", "blue", "green", "yellow"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """4 solid-colour images + LLaVA records with two exchanges each (relative image paths)."""
+    from _tiny import solid_images
+
+    root = tmp_path_factory.mktemp("sft_data")
+    recs = []
+    for i, (im, c) in enumerate(zip(solid_images(4), COLORS)):
+        im.save(root / f"{i}.png")
+        recs.append({"id": f"r{i}", "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat color is the image?"},
+            {"from": "gpt", "value": f"It is {c}."},
+            {"from": "human", "value": "Is there a dog?"}, {"from": "gpt", "value": "No."}]})
+    write_json(root / "data.json", recs)
+    write_json(root / "one.json", recs[:1])
+    return root
+
+
+def _cfg(model: Path, data: Path, out: Path, **kw) -> SftConfig:
+    cfg = SftConfig(model=str(model), data=str(data), out=str(out), max_steps=2, batch_size=2,
+                    log_every=1, progress=False, lr=1e-3, warmup_ratio=0.0)
+    cfg.lora.r, cfg.lora.alpha = 4, 8
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        out.update(load_file(f))
+    assert out, f"no safetensors in {model_dir}"
+    return out
+
+
+def test_lora_trains_adapter_and_saves_a_loadable_merged_model(tiny_llava_dir, data_dir,
+                                                                tmp_path):
+    from visalign.models import load_vlm
+
+    # image_root left empty: relative images resolve against the data file's directory.
+    res = train_sft(_cfg(tiny_llava_dir, data_dir / "data.json", tmp_path / "run",
+                         preset="nsft"))
+    assert res.steps == 2 and res.model_dir == tmp_path / "run" / "model"
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["name"] == "nsft" and summary["steps"] == 2
+    base, merged = _weights(tiny_llava_dir), _weights(res.model_dir)
+    assert base.keys() == merged.keys()
+    changed = [k for k in base if not torch.equal(base[k], merged[k])]
+    # LoRA touches only the language model's projections; the vision tower never changes.
+    assert changed and all("language_model" in k and "proj" in k for k in changed)
+    assert not any("vision_tower" in k for k in changed)
+    vlm = load_vlm(res.model_dir)
+    assert vlm.generate(_images(data_dir, 1), ["What color is the image?"], max_new_tokens=3)
+
+
+def _images(data_dir: Path, n: int):
+    from PIL import Image
+
+    return [Image.open(data_dir / f"{i}.png").convert("RGB") for i in range(n)]
+
+
+def test_full_finetune_changes_lm_and_projector_not_vision(tiny_llava_dir, data_dir, tmp_path):
+    res = train_sft(_cfg(tiny_llava_dir, data_dir / "data.json", tmp_path / "run",
+                         trainable="full", image_root=str(data_dir)))
+    assert not (tmp_path / "run" / "adapter").exists()
+    base, new = _weights(tiny_llava_dir), _weights(res.model_dir)
+    changed = {k for k in base if not torch.equal(base[k], new[k])}
+    assert any("multi_modal_projector" in k for k in changed)
+    assert any("language_model" in k for k in changed)
+    assert not any("vision_tower" in k for k in changed)
+
+
+def test_kl_term_is_masked_mean_of_full_kl_on_answer_tokens(tiny_llava_dir):
+    """loss = CE + coef · mean over answer tokens of KL(ref ‖ θ), computed here by hand."""
+    import copy
+
+    import torch.nn.functional as F
+    from _tiny import solid_images
+
+    from visalign.models import load_vlm
+
+    vlm = load_vlm(tiny_llava_dir)
+    ref = copy.deepcopy(vlm.model).eval()
+    with torch.no_grad():  # make the policy differ from the reference
+        for n, p in vlm.model.named_parameters():
+            if "lm_head" in n:
+                p.add_(0.05 * torch.randn_like(p))
+    convs = [[{"from": "human", "value": "<image>\nWhat color?"},
+              {"from": "gpt", "value": "It is red."}],
+             [{"from": "human", "value": "<image>\nIs there a dog?"},
+              {"from": "gpt", "value": "No, there is no dog in the image."}]]
+    batch = vlm.encode(solid_images(2), convs)
+    loss, stats = sft_loss_fn(0.5, ref)(vlm.model, batch)
+    assert loss.ndim == 0
+    with torch.no_grad():
+        lp = F.log_softmax(vlm.model(**batch).logits[:, :-1].float(), -1)
+        lq = F.log_softmax(ref(**batch).logits[:, :-1].float(), -1)
+        kl_tok = (lq.exp() * (lq - lp)).sum(-1)
+        mask = batch["labels"][:, 1:] != -100
+        kl = kl_tok[mask].mean()
+    assert float(kl) > 1e-4
+    assert float(stats["kl"]) == pytest.approx(float(kl), rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(float(stats["ce"]) + 0.5 * float(kl), rel=1e-5)
+    # coef 0: plain CE, no KL stat.
+    loss0, stats0 = sft_loss_fn(0.0)(vlm.model, batch)
+    assert "kl" not in stats0 and float(loss0) == pytest.approx(float(stats["ce"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("trainable", ["lora", "full"])
+def test_kl_option_trains_and_logs_kl(tiny_llava_dir, data_dir, tmp_path, trainable):
+    res = train_sft(_cfg(tiny_llava_dir, data_dir / "data.json", tmp_path / "run",
+                         trainable=trainable, kl_coef=0.1, max_steps=3, lr=1e-3,
+                         schedule="constant"))
+    log = _log(tmp_path / "run")
+    assert [r["step"] for r in log] == [1, 2, 3]
+    # Step 1 starts from the reference itself (LoRA B = 0 / an exact copy): KL 0, then > 0.
+    assert log[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert log[-1]["kl"] > 0
+    assert log[-1]["loss"] == pytest.approx(log[-1]["ce"] + 0.1 * log[-1]["kl"], rel=1e-5)
+    assert res.steps == 3
+
+
+def test_loss_decreases_on_a_repeated_tiny_batch(tiny_llava_dir, data_dir, tmp_path):
+    train_sft(_cfg(tiny_llava_dir, data_dir / "one.json", tmp_path / "run", batch_size=1,
+                   max_steps=8, lr=2e-3, schedule="constant", trainable="full"))
+    losses = [r["loss"] for r in _log(tmp_path / "run")]
+    assert len(losses) == 8
+    assert losses[-1] < 0.8 * losses[0] and min(losses[:2]) > max(losses[-2:])
+
+
+def test_resume_continues_from_checkpoint(tiny_llava_dir, data_dir, tmp_path, monkeypatch):
+    """A run killed at step 3 resumes from the step-2 checkpoint and ends where an
+    uninterrupted run ends (same weights), logging only steps 3-4 the second time."""
+    kw = dict(batch_size=1, max_steps=4, save_every=2, trainable="full", lr=1e-3,
+              image_root=str(data_dir))
+    full = train_sft(_cfg(tiny_llava_dir, data_dir / "data.json", tmp_path / "a", **kw))
+
+    real = sft_mod.sft_loss_fn
+    calls = {"n": 0}
+
+    def crashing(*a, **k):
+        inner = real(*a, **k)
+
+        def fn(model, batch):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("killed")
+            return inner(model, batch)
+        return fn
+
+    monkeypatch.setattr(sft_mod, "sft_loss_fn", crashing)
+    out = tmp_path / "b"
+    with pytest.raises(RuntimeError, match="killed"):
+        train_sft(_cfg(tiny_llava_dir, data_dir / "data.json", out, **kw))
+    assert (out / "checkpoints" / "step-2" / "trainer_state.json").is_file()
+    assert not (out / "model").exists()
+    assert [r["step"] for r in _log(out)] == [1, 2]
+    monkeypatch.setattr(sft_mod, "sft_loss_fn", real)
+
+    calls["n"] = 0
+    res = train_sft(_cfg(tiny_llava_dir, data_dir / "data.json", out, **kw))
+    assert res.steps == 4
+    assert [r["step"] for r in _log(out)] == [1, 2, 3, 4]
+    a, b = _weights(full.model_dir), _weights(res.model_dir)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert [r["loss"] for r in _log(tmp_path / "a")][2:] == pytest.approx(
+        [r["loss"] for r in _log(out)][2:], rel=1e-5)
+
+
+def test_cli_presets_resolve(tiny_llava_dir, data_dir, tmp_path):
+    import argparse
+
+    from visalign.commands.train import resolve
+
+    def ns(preset, overrides):
+        return argparse.Namespace(preset=preset, config=None, model=str(tiny_llava_dir),
+                                  data=str(data_dir / "data.json"), out=str(tmp_path / "o"),
+                                  image_root=None, overrides=overrides)
+    n = resolve("sft", ns("nsft", ["kl_coef=0.2", "lora.r=4"]))
+    assert (n.preset, n.trainable, n.kl_coef, n.lora.r, n.lora.alpha) == ("nsft", "lora", 0.2, 4,
+                                                                          256)
+    c = resolve("sft", ns("cont-sft", []))
+    assert (c.preset, c.trainable, c.kl_coef, c.lr) == ("cont-sft", "lora", 0.0, 2e-4)
+    with pytest.raises(ValueError, match="not a sft preset"):
+        resolve("sft", ns("gt-dpo", []))
+
+
+def test_empty_data_is_a_clear_error(tiny_llava_dir, tmp_path):
+    write_json(tmp_path / "empty.json", [])
+    with pytest.raises(ValueError, match="no training records"):
+        train_sft(_cfg(tiny_llava_dir, tmp_path / "empty.json", tmp_path / "run"))
+
+
+def test_missing_image_names_the_record_before_loading_the_model(data_dir, tmp_path):
+    from visalign.io import DataError
+
+    recs = json.loads((data_dir / "data.json").read_text())
+    recs[1]["image"] = "nope.png"
+    write_json(tmp_path / "bad.json", recs)
+    with pytest.raises(DataError, match="r1") as ei:
+        train_sft(_cfg(tmp_path / "no-such-model", tmp_path / "bad.json", tmp_path / "run",
+                       image_root=str(data_dir)))
+    assert "nope.png" in str(ei.value) and "image" in str(ei.value)
