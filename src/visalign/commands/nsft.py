@@ -75,11 +75,17 @@ def _build(args: argparse.Namespace) -> int:
 
     gt = (GroundTruth.from_files(args.instances, args.coco_captions, args.synonyms)
           if args.instances else None)
-    judge = AnnotationJudge(cfg) if cfg.judge == "annotation" else LLMJudge(cfg=cfg)
-    data, report = build_nsft_data(records, answers, gt, cfg, judge)
-    report["inputs"] = {"data": str(args.data), "answers": str(answers_path),
-                        "model": args.model, "instances": args.instances,
-                        "coco_captions": args.coco_captions, "synonyms": args.synonyms}
+    from visalign.eval.judge import JudgeError
+    try:
+        judge = AnnotationJudge(cfg) if cfg.judge == "annotation" else LLMJudge(cfg=cfg)
+        data, report = build_nsft_data(records, answers, gt, cfg, judge)
+    except JudgeError as e:
+        # Settings or endpoint failures: one line (replies so far are cached; a re-run resumes).
+        raise ConfigError(f"LLM judge: {e}") from None
+    report["inputs"] = {"data": str(args.data), "image_root": image_root,
+                        "answers": str(answers_path), "model": args.model,
+                        "instances": args.instances, "coco_captions": args.coco_captions,
+                        "synonyms": args.synonyms}
     if hasattr(judge, "client") and hasattr(judge.client, "stats"):
         report["judge_client"] = dict(judge.client.stats)
     write_json(out / "nsft.json", data)
@@ -91,4 +97,7 @@ def _build(args: argparse.Namespace) -> int:
           f"({report['n_no_error']} without errors, {report['skipped']['count']} skipped, "
           f"{report['llm_unparsed']} unparsed); yes ratio "
           f"{'n/a' if yn is None else f'{yn:.2f}'} -> {out / 'nsft.json'}")
+    # Image paths in nsft.json stay relative to the same image root as the input data.
+    print(f"train with: visalign train sft --preset nsft --data {out / 'nsft.json'} "
+          f"--image-root {image_root} --model MODEL --out DIR")
     return 0

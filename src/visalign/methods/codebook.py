@@ -18,6 +18,7 @@ CAPTION`` and ``DESCRIPTION``). Those two fillings are ours, not the paper's.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Literal
 
 Level = Literal["instance", "image"]
@@ -102,15 +103,21 @@ _ALIASES: tuple[tuple[str, str], ...] = (
 def match_category(text: str) -> str:
     """Map free text naming a category (e.g. ``"Object attribute: the cup is red..."``) to a key.
 
-    Exact Fig. 9 names win over loose aliases; returns :data:`UNSPECIFIED` when nothing fits.
+    The exact Fig. 9 names are looked for anywhere in ``text``; the loose aliases ("Color:",
+    "Counting -", "Location:") only in a label before the first ``:`` (or `` - ``), as whole
+    words, so a hallucination's *content* ("no dog in the scene", "a kitchen counter") does
+    not pick its category. Returns :data:`UNSPECIFIED` when nothing fits.
     """
     low = text.lower()
     # Longest names first so "Relative positions between objects" beats "Object locations".
     for c in sorted(CODEBOOK, key=lambda c: -len(c.name)):
         if c.name.lower() in low:
             return c.key
+    head = re.split(r"[:：]|\s[-–—]\s", low, maxsplit=1)
+    if len(head) < 2:
+        return UNSPECIFIED
     for word, key in _ALIASES:
-        if word in low:
+        if re.search(rf"\b{re.escape(word)}(?:s|es|d|ed|ing)?\b", head[0]):
             return key
     return UNSPECIFIED
 

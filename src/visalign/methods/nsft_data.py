@@ -48,9 +48,10 @@ Pipeline (:func:`build_nsft_data`)
      'No' answers"): whole constructed QA pairs whose answer starts with "No" are erased at
      random (seeded) until the share of "Yes" among yes/no answers reaches
      ``yes_ratio_target``; the last remaining constructed pair of a conversation is never
-     erased. Optionally (``add_yes_pairs``, off by default since the paper only erases),
-     "Is there a X?" -> "Yes, there is a X." pairs about ground-truth objects are appended when
-     erasing alone cannot reach the target.
+     erased. The balancing covers the long-answer conversations (the paper's Fig. 11 kind);
+     doubled pairs are kept whole and reported apart. Optionally (``add_yes_pairs``, off by
+     default since the paper only erases), "Is there a X?" -> "Yes, there is a X." pairs about
+     ground-truth objects are appended when erasing alone cannot reach the target.
 4. Output: LLaVA-format records plus a construction report (counts per codebook category,
    yes/no ratio before/after balancing, records without errors, skipped records and why, the
    judge used, checks that could not run on this ground truth).
@@ -62,8 +63,10 @@ Where this departs from the paper (on purpose)
   micro-world, and COCO with instance annotations).
 * Only the *first* human/gpt exchange of a record is judged (the answer file holds one answer
   per id). Kept GT conversations keep all turns.
-* Yes/no balancing counts and erases constructed pairs only; kept GT turns are neither
-  counted nor erased.
+* Yes/no balancing counts and erases constructed pairs of long-answer conversations only;
+  kept GT turns and doubled pairs are neither counted nor erased (a doubled pair's "No." is
+  the negative supervision of its mistake; erasing it would leave a copy of the GT answer).
+  The report gives the doubled pairs' yes/no counts separately (``yes_no.doubled``).
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ class NsftDataConfig:
     max_new_tokens: int = field(256, help="generation length of the original answers")
     batch_size: int = field(8, help="generation batch size")
     dtype: str = field("float32", help="model dtype for generation")
-    device: str = field("cpu", help="device for generation")
+    device: str = field("auto", help="device for generation (auto = cuda when available)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,13 +284,15 @@ _COPULA_RE = re.compile(r"^[\s,]*(?:[A-Za-z'-]+\s+){0,2}?(?:is|are|was|were|look
 def clip_words(text: str, max_tokens: int) -> str:
     """Cut ``text`` to at most ``max_tokens`` whitespace tokens (Fig. 9: "within 20 tokens").
 
-    Prefers ending at the last sentence end inside the limit; a hard cut gets a final period.
+    Prefers ending at the last sentence end inside the limit when that keeps at least half of
+    it (a 3-word first sentence is not a good answer to cut a 20-token one to); otherwise a
+    hard cut with a final period.
     """
     toks = text.split()
     if len(toks) <= max_tokens:
         return text.strip()
     cut = toks[:max_tokens]
-    for i in range(len(cut) - 1, 0, -1):
+    for i in range(len(cut) - 1, max(0, (max_tokens + 1) // 2 - 2), -1):
         if cut[i].endswith((".", "!", "?")):
             return " ".join(cut[: i + 1])
     return " ".join(cut).rstrip(",;:") + "."
@@ -372,6 +377,13 @@ def region_compatible(claimed: str, actual: str) -> bool:
     return c <= a or a <= c
 
 
+def region_contains(region: str, actual: str) -> bool:
+    """Whether an object annotated in ``actual`` lies in ``region`` (for statements the
+    templates make, stricter than :func:`region_compatible`): "left" holds objects in
+    "top left", "left" and "bottom left", but "top left" holds only "top left" ones."""
+    return set(_norm_region(region).split()) <= set(_norm_region(actual).split())
+
+
 def region_phrase(region: str) -> str:
     """Short answer naming a region: "On the left side.", "In the top left corner."."""
     r = _norm_region(region)
@@ -442,6 +454,21 @@ def _load_coco_file(path: str | os.PathLike) -> Any:
         raise DataError(p, f"not a COCO annotation file ({type(e).__name__}: {e})") from None
 
 
+def _world_themes(instances_path: str | os.PathLike) -> list:
+    """The ``vocab.themes`` of the micro-world whose ``annotations/`` holds ``instances_path``
+    (its images carry only the theme *name*, e.g. "living", whose text word is "living
+    room"); [] when the file is not part of a world."""
+    meta = Path(instances_path).resolve().parent.parent / "world.json"
+    if not meta.is_file():
+        return []
+    try:
+        import json
+        themes = json.loads(meta.read_text(encoding="utf-8")).get("vocab", {}).get("themes")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return themes if isinstance(themes, list) else []
+
+
 class GroundTruth:
     """Per-image ground truth for nSFT and the pair builders, from COCO-format annotations.
 
@@ -454,7 +481,9 @@ class GroundTruth:
     ``instances``/``captions`` are paths (loaded with pycocotools), pycocotools ``COCO`` objects
     or plain dicts; ``synonyms`` a CHAIR table (list of rows), a path, or None (packaged COCO).
     ``theme_words`` maps a theme name to the words that name it in text (default: a top-level
-    ``themes`` list in the instances file with ``name``/``short``, else the theme name).
+    ``themes`` list in the instances file with ``name``/``short``, else the themes of the
+    micro-world's ``world.json`` when the instances file sits in a world's ``annotations/``,
+    else the theme name).
     """
 
     THEME_KEYS = ("theme", "scene")
@@ -530,8 +559,9 @@ class GroundTruth:
                     self._theme[iid] = str(img[k])
                     break
         if theme_words is None:
+            themes = data.get("themes") or (_world_themes(self.source) if self.source else [])
             theme_words = {}
-            for t in data.get("themes") or []:
+            for t in themes or []:
                 if isinstance(t, Mapping) and t.get("name"):
                     theme_words[str(t["name"])] = [str(t.get("short") or t["name"])]
         tw = {str(k): [w.lower() for w in v] for k, v in theme_words.items()}
@@ -832,8 +862,8 @@ class AnnotationJudge:
             where = next((r for j, r, _ in claims if j == i), None)
             right = None
             if where:
-                near = [o.category for o in objs if o.region and region_compatible(where,
-                                                                                   o.region)]
+                near = [o.category for o in objs if o.region and region_contains(where,
+                                                                                 o.region)]
                 right = near[0] if near else None
             surface = answer[m.start:m.end]
             errors.append(Error("object_identity", "instance", text=surface, wrong=m.category,
@@ -1164,7 +1194,9 @@ class LLMJudge:
     the image's reference captions when the ground truth has them. Short-answer records are
     judged by normalised comparison, like the paper's manually built OCRVQA pairs (Sec. B.1).
     Retries and the on-disk cache are the client's; parse failures raise
-    :class:`LLMParseError` (the builder counts them as ``llm_unparsed``).
+    :class:`LLMParseError` (the builder counts them as ``llm_unparsed``). :meth:`prefetch`
+    sends all requests ``llm.workers`` at a time (the builder calls it first), so a large set
+    is not judged one request after another.
     """
 
     name = "llm"
@@ -1177,6 +1209,7 @@ class LLMJudge:
             from visalign.eval.judge import JudgeClient
             client = JudgeClient(self.cfg.llm, api_key=api_key)
         self.client = client
+        self._replies: dict[str, str] = {}
 
     def notes(self, gt: GroundTruth | None) -> list[str]:
         return []
@@ -1191,10 +1224,34 @@ class LLMJudge:
                 text += "\n\nReference captions:\n" + "\n".join(f"- {c}" for c in caps)
         return text
 
+    @staticmethod
+    def _key(messages: list[dict]) -> str:
+        import json
+        return json.dumps(messages, sort_keys=True, ensure_ascii=False)
+
+    def messages(self, record: Mapping, answer: str, gt: GroundTruth | None) -> list[dict]:
+        """The Fig. 9 request for one long-answer record."""
+        return nsft_messages(self.gt_text(record, gt), answer)
+
+    def prefetch(self, items: Sequence[tuple[dict, str]], gt: GroundTruth | None) -> None:
+        """Ask the endpoint about every long-answer ``(record, answer)`` concurrently (the
+        client's ``chat_many``); :meth:`review` then uses the replies held here."""
+        if not hasattr(self.client, "chat_many"):
+            return
+        msgs = [self.messages(r, a, gt) for r, a in items if not is_short(r, self.cfg)]
+        todo = list({self._key(m): m for m in msgs if self._key(m) not in self._replies}
+                    .values())
+        if todo:
+            for m, reply in zip(todo, self.client.chat_many(todo)):
+                self._replies[self._key(m)] = reply
+
     def review(self, record: dict, answer: str, gt: GroundTruth | None) -> Verdict:
         if is_short(record, self.cfg):
             return Verdict(short_answer_errors(record, answer))
-        reply = self.client.chat(nsft_messages(self.gt_text(record, gt), answer))
+        msgs = self.messages(record, answer, gt)
+        reply = self._replies.pop(self._key(msgs), None)
+        if reply is None:
+            reply = self.client.chat(msgs)
         parsed = parse_llm_reply(reply)
         if parsed.no_hallucinations:
             return Verdict([])
@@ -1234,22 +1291,26 @@ class _Scene:
         return [r for r, _ in Counter(o.region for o in self.by_cat.get(cat, [])
                                       if o.region).most_common()]
 
-    def describe(self, cats: list[str], limit: int = 3) -> str:
-        """ "A red cup, two dogs and a bench." (colour only when all instances share one)."""
+    def describe(self, cats: list[str], limit: int = 3,
+                 objects: Sequence[GTObject] | None = None) -> str:
+        """ "A red cup, two dogs and a bench." (colour only when all instances share one).
+
+        Counts and colours come from ``objects`` (default: all of the image's objects), so a
+        description of one region names only the instances in it.
+        """
+        pool = self.objects if objects is None else objects
         parts = []
         for c in cats[:limit]:
-            n = self.count(c)
-            cols = self.colors(c)
-            noun = f"{cols[0]} {c}" if len(cols) == 1 else c
+            insts = [o for o in pool if o.category == c]
+            n = len(insts)
+            cols = sorted({o.color for o in insts if o.color})
+            noun = f"{cols[0]} {c}" if len(cols) == 1 and all(o.color for o in insts) else c
             parts.append(_a(noun) if n <= 1 else f"{_num_word(n)} {_plural(noun)}")
         return _cap(_join(parts)) + "." if parts else ""
 
-    def at_region(self, region: str) -> list[str]:
-        cats = []
-        for o in self.objects:
-            if o.region and region_compatible(region, o.region) and o.category not in cats:
-                cats.append(o.category)
-        return cats
+    def at_region(self, region: str) -> list[GTObject]:
+        """The instances that lie in ``region`` (:func:`region_contains`)."""
+        return [o for o in self.objects if o.region and region_contains(region, o.region)]
 
 
 def _exists_qa(cat: str, plural: bool, present_n: int = 0) -> QA:
@@ -1313,8 +1374,9 @@ def _error_topic(e: Error, scene: _Scene) -> tuple[QA, list[QA]] | None:
         if e.where:
             near = scene.at_region(e.where)
             if near:
-                follow.append(QA(region_question(e.where), scene.describe(near), "region_what",
-                                 near[0]))
+                cats = list(dict.fromkeys(o.category for o in near))
+                follow.append(QA(region_question(e.where), scene.describe(cats, objects=near),
+                                 "region_what", cats[0]))
         elif scene.present:
             follow.append(QA("What objects can you see in the image?",
                              scene.describe(scene.present), "objects", scene.present[0]))
@@ -1328,10 +1390,13 @@ def _error_topic(e: Error, scene: _Scene) -> tuple[QA, list[QA]] | None:
         qa = _where_qa(e.object, scene)
         return (qa, []) if qa else None
     if e.category == "relative_positions" and e.object and e.other:
-        ans = (f"It is {e.right} the {e.other}." if e.right
-               else f"It is not {e.wrong} the {e.other}.")
-        return QA(f"Where is the {e.object} relative to the {e.other}?", ans, "relative",
-                  e.object), []
+        many = scene.count(e.object) > 1
+        subj = f"the {_plural(e.object)}" if many else f"the {e.object}"
+        other = f"the {_plural(e.other)}" if scene.count(e.other) > 1 else f"the {e.other}"
+        pron, be = ("They", "are") if many else ("It", "is")
+        ans = (f"{pron} {be} {e.right} {other}." if e.right
+               else f"{pron} {be} not {e.wrong} {other}.")
+        return QA(f"Where {be} {subj} relative to {other}?", ans, "relative", e.object), []
     if e.category == "background_knowledge" and e.right:
         return QA("What kind of place is shown in the image?", f"It is {_a(e.right)}.",
                   "background"), []
@@ -1424,15 +1489,27 @@ def limit_is_are(qas: list[QA], max_share: float) -> int:
     return n
 
 
-def _yes_no_counts(convs: Iterable[list[QA]]) -> tuple[int, int]:
+def _balanced(q: QA) -> bool:
+    """Whether a pair takes part in yes/no balancing: constructed pairs of long-answer
+    conversations. Kept GT turns are data, not construction; a doubled pair (Sec. B.1) is one
+    unit whose "No." *is* the negative supervision of the mistake (erasing it would leave a
+    copy of the GT answer), so both are neither counted nor erased."""
+    return not q.gt and not q.kind.startswith("doubled")
+
+
+def _yes_no_counts(convs: Iterable[list[QA]], which=_balanced) -> tuple[int, int]:
     yes = no = 0
     for qas in convs:
         for q in qas:
-            if q.gt:
+            if not which(q):
                 continue
             yes += _is_yes(q.answer)
             no += _is_no(q.answer)
     return yes, no
+
+
+def _is_doubled(q: QA) -> bool:
+    return q.kind.startswith("doubled")
 
 
 def _ratio(yes: int, no: int) -> float | None:
@@ -1443,8 +1520,9 @@ def balance_yes_no(convs: list[list[QA]], target: float, rng: random.Random) -> 
     """Erase random constructed "No" pairs until yes / (yes + no) >= ``target`` (Sec. C.5).
 
     Erases the fewest pairs that reach the target, so one pair fewer would miss it. The last
-    remaining constructed pair of a conversation is never erased; kept GT pairs are not
-    counted. Works in place; returns ``{yes, no, erased, reached}``.
+    remaining constructed pair of a conversation is never erased; kept GT pairs and doubled
+    pairs are neither counted nor erased (:func:`_balanced`). Works in place; returns
+    ``{erased, reached, needed}`` (``needed`` None when no "Yes" exists to balance with).
     """
     yes, no = _yes_no_counts(convs)
     if target <= 0 or yes + no == 0 or _ratio(yes, no) >= target:
@@ -1454,7 +1532,7 @@ def balance_yes_no(convs: list[list[QA]], target: float, rng: random.Random) -> 
     # yes / (yes + no - k) >= target  <=>  k >= yes + no - yes / target
     need = max(0, math.ceil(yes + no - yes / target - 1e-9))
     cands = [(ci, id(q)) for ci, qas in enumerate(convs) for q in qas
-             if not q.gt and _is_no(q.answer)]
+             if _balanced(q) and _is_no(q.answer)]
     rng.shuffle(cands)
     erased = 0
     for ci, qid in cands:
@@ -1477,7 +1555,7 @@ def _add_yes_pairs(built: list["_Built"], target: float, rng: random.Random) -> 
     if target >= 1 or target <= 0 or _ratio(yes, no) is None or _ratio(yes, no) >= target:
         return 0
     need = math.ceil((target * (yes + no) - yes) / (1 - target) - 1e-9)
-    order = list(range(len(built)))
+    order = [i for i, b in enumerate(built) if not b.short]
     rng.shuffle(order)
     added = 0
     progress = True
@@ -1558,6 +1636,11 @@ def build_nsft_data(records: Sequence[dict], answers: Any, gt: GroundTruth | Non
     """
     amap = _answers_map(answers)
     rng = random.Random(cfg.seed)
+    if hasattr(judge, "prefetch"):
+        for i, r in enumerate(records):
+            first_exchange(r, i)  # bad records fail here, naming the record, before any request
+        judge.prefetch([(r, amap[str(r["id"])]) for r in records
+                        if str(r.get("id")) in amap], gt)
     built: list[_Built] = []
     skipped: list[dict] = []
     no_error: list[str] = []
@@ -1591,8 +1674,12 @@ def build_nsft_data(records: Sequence[dict], answers: Any, gt: GroundTruth | Non
         image_id = gt.image_id_for(rec) if gt is not None else None
         scene = _Scene(gt, image_id)
         if short:
-            n_short += 1
             e = verdict.errors[0]
+            if not e.wrong.strip():
+                skipped.append({"id": rid, "reason": "empty_answer: no wrong answer to ask "
+                                                     "'Is the answer ...?' about"})
+                continue
+            n_short += 1
             qas = doubled_pairs(question, e.wrong, e.right if e.right is not None else gt_answer)
             gt_qas = _gt_qas(rec) if cfg.keep_gt_short else []
         else:
@@ -1615,6 +1702,7 @@ def build_nsft_data(records: Sequence[dict], answers: Any, gt: GroundTruth | Non
     # Sec. C.5: balance yes/no over the constructed pairs, then the Is/Are share (guideline 6)
     # on what is left, so erasing cannot push a conversation back over the limit.
     yes0, no0 = _yes_no_counts(b.qas for b in built)
+    dyes, dno = _yes_no_counts((b.qas for b in built), _is_doubled)
     bal = balance_yes_no([b.qas for b in built], cfg.yes_ratio_target, rng)
     added = _add_yes_pairs(built, cfg.yes_ratio_target, rng) if cfg.add_yes_pairs else 0
     yes1, no1 = _yes_no_counts(b.qas for b in built)
@@ -1654,6 +1742,8 @@ def build_nsft_data(records: Sequence[dict], answers: Any, gt: GroundTruth | Non
             "before": {"yes": yes0, "no": no0, "yes_ratio": _ratio(yes0, no0)},
             "after": {"yes": yes1, "no": no1, "yes_ratio": _ratio(yes1, no1)},
             "erased_no_pairs": bal["erased"], "added_yes_pairs": added,
+            # Doubled pairs of short answers: outside the balancing (see _balanced).
+            "doubled": {"yes": dyes, "no": dno},
             "reached": (_ratio(yes1, no1) is None or cfg.yes_ratio_target <= 0
                         or _ratio(yes1, no1) >= cfg.yes_ratio_target - 1e-12),
         },
