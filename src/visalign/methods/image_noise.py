@@ -2,59 +2,88 @@
 
 SeVa ("Self-supervised Visual Preference Alignment") builds the *rejected* response by asking
 the model about an augmented image; its strongest augmentation is the forward diffusion process
+of VCD (Leng et al. 2024), which SeVa's and POVID's code reuse:
 
-    x_t = sqrt(ᾱ_t) · x_0 + sqrt(1 − ᾱ_t) · ε,   ε ~ N(0, I),   ᾱ_t = ∏_{s=1..t} (1 − β_s)
+    x_t = sqrt(ᾱ_t) · x_0 + sqrt(1 − ᾱ_t) · ε,   ε ~ N(0, I),   ᾱ_t = ∏_{s=0..t} (1 − β_s)
 
-with a linear β schedule from 1e-4 to 0.02 over T = 1000 steps (the DDPM schedule), applied to
-the image scaled to [-1, 1]; SeVa's default is t = 500. POVID's second stage corrupts images the
-same way to provoke hallucinated responses.
+with T = 1000 steps and a *sigmoid* β schedule, β_s = sigmoid(linspace(−6, 6, T)_s) ·
+(5e-3 − 1e-5) + 1e-5 (so ᾱ_500 ≈ 0.745, ᾱ_999 ≈ 0.081), applied to the image tensor the vision
+tower sees: pixels in [0, 1] normalised with the CLIP mean/std (LLaVA-1.5's processor). The
+step indexes the cumulative product from 0 exactly as that code does (``alphas_bar_sqrt[t]``),
+so ``step=500`` here is SeVa's ``noise_step=500`` (its default). The DDPM linear schedule
+(1e-4 → 0.02) is available as ``schedule="linear"``; it is far stronger at the same step.
 
-Departures (documented): the result must be a viewable image, so x_t is clipped back to
-[-1, 1] and quantised to 8-bit RGB (SeVa feeds the un-clipped tensor to the vision tower); the
-step is 1-based as in the DDPM paper (t = 0 returns the image unchanged), where the VCD-derived
-SeVa code indexes the cumulative product from 0 (its step t is our t + 1).
+Departures (documented): the result must be a viewable image, so x_t is mapped back to pixels
+(un-normalised), clipped to [0, 255] and quantised to 8-bit RGB, where SeVa feeds the
+un-clipped float tensor to the vision tower; and the noise is drawn at the image's stored
+resolution, so a processor that later downsizes the image averages part of it away (resize the
+image to the model's input size first to match SeVa exactly; ``visalign pairs`` does this with
+``noise_resize``).
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from PIL import Image
 
-__all__ = ["linear_betas", "alpha_bar", "diffusion_noise"]
+__all__ = ["linear_betas", "sigmoid_betas", "betas", "alpha_bar", "diffusion_noise",
+           "SEVA_NOISE_STEP", "CLIP_MEAN", "CLIP_STD"]
 
 SEVA_NOISE_STEP = 500
+NUM_STEPS = 1000
+# OpenAI CLIP normalisation (LLaVA-1.5's image processor), per RGB channel.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+def linear_betas(num_steps: int = NUM_STEPS, beta_start: float = 1e-4, beta_end: float = 0.02
                  ) -> np.ndarray:
-    """β_1..β_T, linearly spaced (float64, shape ``(num_steps,)``)."""
+    """DDPM's β_0..β_{T-1}, linearly spaced (float64, shape ``(num_steps,)``)."""
     return np.linspace(beta_start, beta_end, num_steps, dtype=np.float64)
 
 
-def alpha_bar(step: int, num_steps: int = 1000, beta_start: float = 1e-4,
-              beta_end: float = 0.02) -> float:
-    """ᾱ_t = ∏_{s=1..t} (1 − β_s); 1.0 at t = 0, decreasing in t."""
+def sigmoid_betas(num_steps: int = NUM_STEPS, beta_start: float = 1e-5, beta_end: float = 5e-3
+                  ) -> np.ndarray:
+    """VCD/SeVa's β: ``sigmoid(linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start``."""
+    s = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, num_steps, dtype=np.float64)))
+    return s * (beta_end - beta_start) + beta_start
+
+
+def betas(schedule: str = "sigmoid", num_steps: int = NUM_STEPS) -> np.ndarray:
+    """The β schedule by name: ``"sigmoid"`` (VCD/SeVa/POVID, default) or ``"linear"`` (DDPM)."""
+    if schedule == "sigmoid":
+        return sigmoid_betas(num_steps)
+    if schedule == "linear":
+        return linear_betas(num_steps)
+    raise ValueError(f"unknown noise schedule {schedule!r}; valid: sigmoid, linear")
+
+
+def alpha_bar(step: int, num_steps: int = NUM_STEPS, schedule: str = "sigmoid") -> float:
+    """ᾱ_t = ∏_{s=0..t} (1 − β_s) for ``0 <= step < num_steps``; decreasing in t."""
     if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
         raise TypeError(f"noise step must be an integer, got {step!r}")
-    if not 0 <= step <= num_steps:
-        raise ValueError(f"noise step must be in [0, {num_steps}], got {step}")
-    betas = linear_betas(num_steps, beta_start, beta_end)
-    return float(np.prod(1.0 - betas[:step]))
+    if not 0 <= step < num_steps:
+        raise ValueError(f"noise step must be in [0, {num_steps - 1}], got {step}")
+    return float(np.prod(1.0 - betas(schedule, num_steps)[: step + 1]))
 
 
 def diffusion_noise(image: Image.Image, step: int = SEVA_NOISE_STEP, seed: int = 0, *,
-                    num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+                    num_steps: int = NUM_STEPS, schedule: str = "sigmoid",
+                    mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
                     ) -> Image.Image:
-    """Forward-diffuse ``image`` to step ``step`` with Gaussian noise from ``seed``.
+    """Forward-diffuse ``image`` to step ``step`` with Gaussian noise drawn from ``seed``.
 
     Pure: the same (image, step, seed) gives the same pixels; a larger step gives a noisier
-    image (ᾱ_t decreases). Returns a new RGB image of the same size.
+    image (ᾱ_t decreases). The noise is added in the normalised space ``(x/255 - mean) / std``
+    (x_t as above), then mapped back to pixels. Returns a new RGB image of the same size.
     """
-    ab = alpha_bar(step, num_steps, beta_start, beta_end)
-    x = np.asarray(image.convert("RGB"), dtype=np.float64) / 127.5 - 1.0   # [0,255] -> [-1,1]
-    if step == 0:
-        return image.convert("RGB").copy()
+    ab = alpha_bar(step, num_steps, schedule)
+    m = np.asarray(mean, dtype=np.float64)
+    s = np.asarray(std, dtype=np.float64)
+    x = (np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0 - m) / s   # (H, W, 3)
     eps = np.random.default_rng(seed).standard_normal(x.shape)
     xt = np.sqrt(ab) * x + np.sqrt(1.0 - ab) * eps
-    out = np.clip((np.clip(xt, -1.0, 1.0) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    out = np.clip((xt * s + m) * 255.0, 0, 255).round().astype(np.uint8)
     return Image.fromarray(out)  # (H, W, 3) uint8 -> RGB
