@@ -4,13 +4,17 @@ The pair file format is documented in :mod:`visalign.methods.pairs`; train it wi
 ``visalign train dpo``. Each command writes ``--out`` (``.jsonl`` -> JSONL, else a JSON list),
 ``<out>.stats.json`` (what was built and skipped) and ``<out>.config.yaml``. With ``--model``
 the responses are generated here (resumable, in ``<out stem>_work/``); noised images for SeVa
-and POVID stage 2 are written there too.
+and POVID stage 2 are written there too (named by noise step, seed and resize, so changing
+them never reuses stale images or answers). Image paths in the pair file are the data's (relative
+to ``--image-root``, default the data file's directory): pass the same ``--image-root`` to
+``visalign train dpo``.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -100,26 +104,76 @@ class _Model:
                                      max_new_tokens=self.cfg.critic_max_new_tokens)
         return out
 
+    def choice_fn(self, images: list, prompts: list[str]) -> list[int]:
+        """The SIMA critic's forced choice: 1 or 2, whichever of the assistant replies
+        "Response 1" / "Response 2" has the higher log-probability after each prompt."""
+        import torch
 
-def _noised_records(records: list[dict], model: _Model, work: Path, step: int,
-                    seed: int) -> list[dict]:
+        from visalign.models import sequence_logprobs
+
+        out: list[int] = []
+        bs = max(1, self.cfg.batch_size)
+        model = self.vlm.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for i in range(0, len(prompts), bs):
+                    ims, ps = list(images[i:i + bs]), prompts[i:i + bs]
+                    convs = [[{"from": "human", "value": "<image>\n" + p},
+                              {"from": "gpt", "value": f"Response {c}"}]
+                             for c in (1, 2) for p in ps]
+                    lp = sequence_logprobs(model, self.vlm.encode(ims + ims, convs)).sum(-1)
+                    n = len(ps)
+                    out += [1 if a >= b else 2
+                            for a, b in zip(lp[:n].tolist(), lp[n:].tolist())]
+        finally:
+            model.train(was_training)
+        return out
+
+
+def _resize_shorter(img: Any, side: int) -> Any:
+    from PIL import Image
+
+    w, h = img.size
+    if side <= 0 or min(w, h) == side:
+        return img
+    scale = side / min(w, h)
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                      Image.Resampling.BICUBIC)
+
+
+def _noise_tag(cfg: Any) -> str:
+    """What the noised images depend on (step, seed, resize), for file names."""
+    return f"t{cfg.noise_step}_s{cfg.seed}" + (f"_r{cfg.noise_resize}" if cfg.noise_resize
+                                               else "")
+
+
+def _noised_records(records: list[dict], model: _Model, work: Path, cfg: Any) -> list[dict]:
     """Copies of ``records`` pointing at diffusion-noised images (written once, PNG)."""
     from visalign.methods.image_noise import diffusion_noise
 
     noised_dir = work / "noised"
     noised_dir.mkdir(parents=True, exist_ok=True)
+    tag = _noise_tag(cfg)
     out = []
     for rec in records:
         rid = str(rec["id"])
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in rid)
-        path = noised_dir / f"{safe}_{zlib.crc32(rid.encode()):08x}_t{step}.png"
+        path = noised_dir / f"{safe}_{zlib.crc32(rid.encode()):08x}_{tag}.png"
         if not path.exists():
-            img = diffusion_noise(model.image(rec), step, zlib.crc32(f"{seed}:{rid}".encode()))
+            img = _resize_shorter(model.image(rec), cfg.noise_resize)
+            img = diffusion_noise(img, cfg.noise_step, zlib.crc32(f"{cfg.seed}:{rid}".encode()))
             tmp = path.with_suffix(".tmp.png")
             img.save(tmp)
             tmp.replace(path)
         out.append({**rec, "image": str(path.resolve())})
     return out
+
+
+def _noisy_answers(records: list[dict], model: _Model, work: Path, cfg: Any) -> list[dict]:
+    return model.answers(_noised_records(records, model, work, cfg),
+                         work / f"answers_noise_{_noise_tag(cfg)}.jsonl")
 
 
 def _samples_from_file(path: str) -> dict[str, list[str]]:
@@ -183,9 +237,7 @@ def _run(args: argparse.Namespace) -> int:
             noisy = read_jsonl(args.noisy_answers, tolerate_partial_last_line=True)
         else:
             need("--noisy-answers", None)
-            noisy = model.answers(_noised_records(records, model, work, cfg.noise_step,
-                                                  cfg.seed),
-                                  work / f"answers_noise{cfg.noise_step}.jsonl")
+            noisy = _noisy_answers(records, model, work, cfg)
         pairs, stats = P.build_seva_pairs(records, clean, noisy, noise_step=cfg.noise_step)
     elif method == "sima":
         if model is None:
@@ -202,7 +254,8 @@ def _run(args: argparse.Namespace) -> int:
             for row in rows:
                 samples.setdefault(str(row["id"]).rsplit("#", 1)[0], []).append(row["answer"])
         ranker = P.SimaRanker(model.generate_fn, image_fn=model.image,
-                              both_orders=cfg.both_orders)
+                              both_orders=cfg.both_orders, choice_fn=model.choice_fn,
+                              verdict=cfg.critic_verdict)
         pairs, stats = P.build_sima_pairs(records, samples, ranker)
     elif method == "povid":
         from visalign.methods.nsft_data import GroundTruth
@@ -210,6 +263,10 @@ def _run(args: argparse.Namespace) -> int:
         stages = sorted(set(cfg.povid_stages))
         gt = (GroundTruth.from_files(args.instances, args.coco_captions, args.synonyms)
               if args.instances else None)
+        if gt is None and 1 in stages and cfg.povid_editor == "rules" and \
+                "object" in cfg.povid_edits:
+            print("pairs povid: object edits need --instances (COCO annotations); only "
+                  "attribute and relation edits are made", file=sys.stderr)
         client = None
         if 1 in stages and cfg.povid_editor == "llm":
             from visalign.eval.judge import JudgeClient
@@ -220,9 +277,7 @@ def _run(args: argparse.Namespace) -> int:
                 noisy = read_jsonl(args.noisy_answers, tolerate_partial_last_line=True)
             else:
                 need("--noisy-answers", None)
-                noisy = model.answers(_noised_records(records, model, work, cfg.noise_step,
-                                                      cfg.seed),
-                                      work / f"answers_noise{cfg.noise_step}.jsonl")
+                noisy = _noisy_answers(records, model, work, cfg)
         pairs, stats = P.build_povid_pairs(records, gt, random.Random(cfg.seed), stages=stages,
                                            editor=cfg.povid_editor, edits=cfg.povid_edits,
                                            client=client, noisy_answers=noisy,

@@ -9,7 +9,9 @@ A JSON list, or JSONL (one object per line), of::
 
     {
       "id": "coco_42_q0",              # unique string (ints are accepted and stringified)
-      "image": "images/000042.png",    # the ORIGINAL image, relative to --image-root or absolute
+      "image": "images/000042.png",    # the ORIGINAL image: absolute, or relative to the
+                                       #   trainer's image_root (default: the pair file's
+                                       #   directory); `visalign pairs` keeps the data's paths
       "prompt": "Describe the image.", # the question; an "<image>" placeholder is removed on
                                        #   load (the trainer places the image itself)
       "chosen": "A red cup ...",       # preferred response (non-empty)
@@ -24,7 +26,8 @@ A JSON list, or JSONL (one object per line), of::
 
 :func:`load_pairs` validates every record and raises :class:`visalign.io.DataError` naming the
 file, the record (index and id) and the field; :func:`write_pairs` validates and writes
-atomically (``.jsonl`` -> JSONL, otherwise a JSON list).
+atomically (``.jsonl`` -> JSONL, otherwise a JSON list). Other fields pass through untouched.
+Train a pair file with ``visalign train dpo --pairs FILE [--preset gt-dpo|seva|sima|povid]``.
 
 Builders (each returns ``(pairs, stats)``; stats count what was skipped and why)
 -------------------------------------------------------------------------------
@@ -32,26 +35,34 @@ Builders (each returns ``(pairs, stats)``; stats count what was skipped and why)
   answer (nSFT paper's GT-DPO baseline). Pairs identical after normalisation are skipped.
 * :func:`build_seva_pairs` — SeVa: chosen = the model's answer on the original image, rejected
   = its answer on the diffusion-noised image (:func:`visalign.methods.image_noise
-  .diffusion_noise`, step 500 by default). Identical pairs skipped.
+  .diffusion_noise`: SeVa/VCD's sigmoid schedule, step 500 by default). Identical pairs
+  skipped.
 * :func:`build_sima_pairs` — SIMA: k sampled responses per prompt, ranked by the model itself
   used in context as a critic (:class:`SimaRanker`: given the ground truth and SIMA's three
   visual critic metrics — object description accuracy, relationship accuracy, attribute
   accuracy — it says which of two responses is better). We rank by a round-robin pairwise
   tournament (each pair compared once, or in both orders with ``both_orders`` to cancel
-  position bias); best vs worst become the pair. Critic replies that name neither response
-  are counted as parse failures and score nothing.
+  position bias), scoring wins − losses; best vs worst become the pair. The verdict is the
+  critic's generated reply (:func:`parse_critic_choice`); with ``critic_verdict=auto`` (the
+  default) a reply that names neither response is replaced by the model's forced choice (the
+  more likely of the replies "Response 1" / "Response 2"), so a model too weak to follow the
+  instruction (every micro-world model) still ranks; ``generate`` scores unparseable replies
+  as nothing. Records whose responses all tie are skipped (``tied``), not paired at random.
 * :func:`build_povid_pairs` — POVID stage 1: chosen = ground truth, rejected = the ground
   truth with one injected hallucination, by annotation-driven rules (object edit: a present
   object word -> the absent category that co-occurs with it most often; attribute edit: a
-  colour word -> another colour; relation edit: left<->right, above<->below, on<->under), or
+  colour word -> another colour; relation edit: left<->right, above<->below, on<->under,
+  behind<->in front of; a preceding "a"/"an" is fixed with the word), or
   rewritten by an LLM endpoint (``POVID_PROMPT``, after POVID's prompt structure: object
   co-occurrence, logical relationships, attributes). Stage 2: chosen = ground truth, rejected
   = the model's answer on the noised image. Pairs carry ``meta.stage`` 1 or 2.
 
 Departures: SIMA's critic prompt and POVID's LLM prompt are our wording after the papers'
-structure, not their text; the tournament (vs SIMA's comparison against the greedy response)
-is ours and documented above; one rule-based POVID edit per record (POVID's GPT-4V rewrites
-could change several phrases at once).
+structure, not their text; the tournament and the likelihood fallback (vs SIMA's comparison
+against the greedy response) are ours and documented above; one rule-based POVID edit per
+record (POVID's GPT-4V rewrites could change several phrases at once); DPO scores every
+response on the original image, also POVID's noisy-image responses (POVID scores them on the
+noised image).
 """
 
 from __future__ import annotations
@@ -70,8 +81,8 @@ from visalign.io import DataError, read_records, write_json, write_jsonl
 __all__ = [
     "PairsConfig", "load_pairs", "validate_pairs", "write_pairs", "build_gt_dpo_pairs",
     "build_seva_pairs", "build_sima_pairs", "build_povid_pairs", "SimaRanker",
-    "SIMA_CRITIC_PROMPT", "POVID_PROMPT", "parse_critic_choice", "TextEdit", "object_edit",
-    "attribute_edit", "relation_edit", "povid_llm_edit", "normalize_response",
+    "SimaRankError", "SIMA_CRITIC_PROMPT", "POVID_PROMPT", "parse_critic_choice", "TextEdit",
+    "object_edit", "attribute_edit", "relation_edit", "povid_llm_edit", "normalize_response",
 ]
 
 METHODS = ("gt-dpo", "seva", "sima", "povid")
@@ -86,12 +97,19 @@ class PairsConfig:
     batch_size: int = field(8, help="generation batch size")
     dtype: str = field("float32", help="model dtype")
     device: str = field("cpu", help="model device")
-    noise_step: int = field(500, help="diffusion noise step t of 1000 (SeVa default 500)")
+    noise_step: int = field(500, help="diffusion noise step t in [0, 999] (SeVa/VCD sigmoid "
+                                      "schedule; SeVa's default 500)")
     num_samples: int = field(4, help="SIMA: responses sampled per prompt (k)")
     temperature: float = field(1.0, help="SIMA: sampling temperature")
     top_p: float = field(1.0, help="SIMA: nucleus sampling p")
     critic_max_new_tokens: int = field(16, help="SIMA: generation length of a critic verdict")
+    critic_verdict: str = field("auto", help="SIMA: 'generate' (parse the critic's reply), "
+                                             "'likelihood' (the more likely of 'Response 1'/"
+                                             "'Response 2'), 'auto' (parse, else likelihood)")
     both_orders: bool = field(False, help="SIMA: compare every pair in both orders")
+    noise_resize: int = field(0, help="SeVa/POVID: resize images so the shorter side is N "
+                                      "before noising (the vision tower's input size, e.g. "
+                                      "336 for LLaVA-1.5); 0 = noise at the stored size")
     povid_editor: str = field("rules", help="POVID stage 1 editor: 'rules' or 'llm'")
     povid_edits: list[str] = field(["object", "attribute", "relation"],
                                    help="POVID rule edit kinds to choose from")
@@ -243,7 +261,7 @@ def _check_record(record: Any, i: int) -> None:
 def build_gt_dpo_pairs(records: Sequence[Mapping], answers: Any) -> tuple[list[dict], dict]:
     """chosen = GT answer, rejected = the model's greedy answer (skip identical; count)."""
     amap = _amap(answers, "answers")
-    pairs, identical, missing = [], [], []
+    pairs, identical, missing, empty = [], [], [], []
     for i, rec in enumerate(records):
         _check_record(rec, i)
         prompt, gt_answer = _question_answer(rec, i)
@@ -251,13 +269,17 @@ def build_gt_dpo_pairs(records: Sequence[Mapping], answers: Any) -> tuple[list[d
         if rid not in amap:
             missing.append(rid)
             continue
+        if not gt_answer.strip() or not amap[rid].strip():
+            empty.append(rid)
+            continue
         if normalize_response(gt_answer) == normalize_response(amap[rid]):
             identical.append(rid)
             continue
         pairs.append(_pair(rec, prompt, gt_answer, amap[rid], {"method": "gt-dpo"}))
     return pairs, {"method": "gt-dpo", "n_records": len(records), "n_pairs": len(pairs),
                    "skipped_identical": len(identical), "skipped_identical_ids": identical,
-                   "skipped_no_answer": len(missing), "skipped_no_answer_ids": missing}
+                   "skipped_no_answer": len(missing), "skipped_no_answer_ids": missing,
+                   "skipped_empty": len(empty), "skipped_empty_ids": empty}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,13 +302,16 @@ def build_seva_pairs(records: Sequence[Mapping], answers_clean: Any, answers_noi
         for a in answers_noisy:
             if isinstance(a.get("image"), str):
                 rej_img.setdefault(str(a["id"]), a["image"])
-    pairs, identical, missing = [], [], []
+    pairs, identical, missing, empty = [], [], [], []
     for i, rec in enumerate(records):
         _check_record(rec, i)
         prompt, _ = _question_answer(rec, i)
         rid = str(rec["id"])
         if rid not in clean or rid not in noisy:
             missing.append(rid)
+            continue
+        if not clean[rid].strip() or not noisy[rid].strip():
+            empty.append(rid)
             continue
         if normalize_response(clean[rid]) == normalize_response(noisy[rid]):
             identical.append(rid)
@@ -300,7 +325,8 @@ def build_seva_pairs(records: Sequence[Mapping], answers_clean: Any, answers_noi
     return pairs, {"method": "seva", "n_records": len(records), "n_pairs": len(pairs),
                    "noise_step": noise_step, "skipped_identical": len(identical),
                    "skipped_identical_ids": identical, "skipped_no_answer": len(missing),
-                   "skipped_no_answer_ids": missing}
+                   "skipped_no_answer_ids": missing, "skipped_empty": len(empty),
+                   "skipped_empty_ids": empty}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,51 +357,110 @@ correctly.
 Reply with "Response 1" or "Response 2" only."""
 
 
+_ORDINALS = {"first": "1", "second": "2", "one": "1", "two": "2"}
+_BETTER = r"(?:better|best|preferred|preferable|superior|more\s+accurate|correct|the\s+winner)"
+_WORSE = r"(?:worse|worst|inferior|less\s+accurate|incorrect|wrong)"
+_R = r"response\s*#?\s*([12])\b"
+# "is", "is clearly", "is much more" -- but not "is not"
+_COPULA = r"\s+(?:is|was|seems|appears)\s+(?:(?!not\b|never\b|no\b)\w+\s+){0,2}?"
+
+
 def parse_critic_choice(text: str) -> int | None:
     """1 or 2 from a critic verdict; None when it names neither (or both, undecidably).
 
-    Accepts "Response 1", "response 2.", "**Response 2** is better", a bare "1"/"2"; when both
-    are named, the one right after "better"/"choose"/"prefer"/"answer" words wins, else the
-    verdict at the start of the reply; otherwise the reply is unparseable.
+    Accepts "Response 1", "response 2.", "**Response 2** is better", "the second response", a
+    reply that is only "1"/"2". When both responses are named the verdict is read from the
+    wording: "Response N is better/best/preferred/more accurate" or "I choose/prefer/... Response
+    N" -> N; "Response N is worse" or "better than Response N" -> the other one; else a reply
+    that opens with a bare "Response N" verdict ("Response 2. Response 1 invents a dog") -> N;
+    otherwise the reply is unparseable.
     """
     t = re.sub(r"[*_`\"']", "", text or "").strip().lower()
+    t = re.sub(r"\b(?:the\s+)?(first|second)\s+(?:response|answer)\b",
+               lambda m: f"response {_ORDINALS[m.group(1)]}", t)
+    t = re.sub(r"\banswer\s*#?\s*([12])\b", r"response \1", t)
+    t = re.sub(r"\bresponse\s+(one|two)\b", lambda m: f"response {_ORDINALS[m.group(1)]}", t)
     if not t:
         return None
-    m = re.match(r"^(?:response|answer)?\s*#?\s*([12])\b", t)
+    m = re.fullmatch(r"#?\s*([12])\s*[.)!]?", t)
     if m:
         return int(m.group(1))
-    found = {int(x) for x in re.findall(r"response\s*#?\s*([12])\b", t)}
+    found = {int(x) for x in re.findall(_R, t)}
     if len(found) == 1:
         return found.pop()
-    if len(found) == 2:
-        m = re.search(r"(?:better|best|choose|chose|prefer|preferred|winner|verdict)\W+"
-                      r"(?:\w+\W+){0,3}?response\s*#?\s*([12])\b", t)
-        if m:
-            return int(m.group(1))
-    return None
+    if len(found) != 2:
+        return None
+    votes: set[int] = set()
+    for m in re.finditer(_R + _COPULA + _BETTER, t):
+        votes.add(int(m.group(1)))
+    for m in re.finditer(_R + _COPULA + _WORSE, t):
+        votes.add(3 - int(m.group(1)))
+    for m in re.finditer(r"(?<!not\s)(?:better|more\s+accurate)\s+than\s+" + _R, t):
+        votes.add(3 - int(m.group(1)))
+    for m in re.finditer(_R + r"\s+(?:is|was)\s+not\s+(?:\w+\s+)?" + _BETTER, t):
+        votes.add(3 - int(m.group(1)))
+    for m in re.finditer(_R + r"\s+(?:is|was)\s+not\s+(?:\w+\s+)?" + _WORSE, t):
+        votes.add(int(m.group(1)))
+    for m in re.finditer(r"(?:choose|chose|choice|prefer|preferred|pick|select|winner|verdict|"
+                         r"answer)\b(?:\s+is)?\W+(?:\w+\W+){0,2}?" + _R, t):
+        votes.add(int(m.group(1)))
+    if len(votes) == 1:
+        return votes.pop()
+    if votes:
+        return None
+    m = re.match(_R + r"\s*(?:[.:;!\n]|$)", t)
+    return int(m.group(1)) if m else None
 
 
 class SimaRankError(Exception):
-    """No critic comparison of a record could be parsed."""
+    """The critic could not rank a record's responses (``reason`` says why)."""
+
+    def __init__(self, message: str, reason: str = "rank_failed"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class SimaRanker:
     """Ranks k responses with the model as its own in-context critic (SIMA).
 
     ``generate_fn(images, prompts) -> list[str]`` is the model (greedy); ``image_fn(record)``
-    gives the image object passed to it (default: ``record["image"]``). Round-robin tournament:
-    every pair (i < j) is judged once (and again swapped with ``both_orders``); the winner of a
-    comparison scores 1, an unparseable verdict scores nothing and is counted in
-    ``stats["parse_failures"]``. Returns indices best -> worst (ties by index); raises
-    :class:`SimaRankError` when every comparison failed.
+    gives the image object passed to it (default: ``record["image"]``). ``choice_fn(images,
+    prompts) -> list[int]`` (optional) is the model's forced choice: 1 or 2, whichever of the
+    replies "Response 1"/"Response 2" it finds more likely after the critic prompt.
+
+    ``verdict``: ``"generate"`` parses the generated verdict (:func:`parse_critic_choice`;
+    unparseable verdicts score nothing and count in ``stats["parse_failures"]``);
+    ``"likelihood"`` uses only ``choice_fn``; ``"auto"`` parses and falls back to ``choice_fn``
+    for unparseable verdicts (``stats["likelihood_verdicts"]``), so a model too weak to follow
+    the critic instruction still ranks.
+
+    Round-robin tournament: every pair (i < j) is judged once (and again swapped with
+    ``both_orders``); each response scores wins − losses (Copeland). Returns indices best ->
+    worst (ties by index). Raises :class:`SimaRankError` when no comparison could be decided
+    (reason ``rank_failed``) or when every response has the same score (reason ``tied``: best
+    and worst would be an arbitrary pick, e.g. a critic that always answers "Response 1" with
+    ``both_orders``).
     """
 
-    def __init__(self, generate_fn: Callable[[list, list[str]], list[str]], *,
-                 image_fn: Callable[[Mapping], Any] | None = None, both_orders: bool = False):
+    VERDICTS = ("auto", "generate", "likelihood")
+
+    def __init__(self, generate_fn: Callable[[list, list[str]], list[str]] | None, *,
+                 image_fn: Callable[[Mapping], Any] | None = None, both_orders: bool = False,
+                 choice_fn: Callable[[list, list[str]], list[int]] | None = None,
+                 verdict: str = "generate"):
+        if verdict not in self.VERDICTS:
+            raise ValueError(f"SIMA critic verdict must be one of {self.VERDICTS}, "
+                             f"got {verdict!r}")
+        if verdict in ("auto", "likelihood") and choice_fn is None:
+            raise ValueError(f"SIMA critic verdict {verdict!r} needs a choice_fn")
+        if verdict in ("auto", "generate") and generate_fn is None:
+            raise ValueError(f"SIMA critic verdict {verdict!r} needs a generate_fn")
         self.generate_fn = generate_fn
+        self.choice_fn = choice_fn
+        self.verdict = verdict
         self.image_fn = image_fn or (lambda rec: rec["image"])
         self.both_orders = both_orders
-        self.stats = {"comparisons": 0, "parse_failures": 0}
+        self.stats = {"comparisons": 0, "parse_failures": 0, "likelihood_verdicts": 0}
 
     def __call__(self, record: Mapping, responses: Sequence[str]) -> list[int]:
         question, gt_answer = _question_answer(record, 0)
@@ -383,24 +468,40 @@ class SimaRanker:
         games = [(i, j) for i in range(k) for j in range(i + 1, k)]
         if self.both_orders:
             games += [(j, i) for i, j in games]
+        if not games:
+            return list(range(k))
         prompts = [SIMA_CRITIC_PROMPT.format(question=question, ground_truth=gt_answer,
                                              response_1=responses[a], response_2=responses[b])
                    for a, b in games]
         image = self.image_fn(record)
-        verdicts = self.generate_fn([image] * len(prompts), prompts) if prompts else []
-        wins = [0] * k
-        parsed = 0
-        for (a, b), v in zip(games, verdicts):
-            self.stats["comparisons"] += 1
-            c = parse_critic_choice(v)
+        choices: list[int | None] = [None] * len(games)
+        if self.verdict != "likelihood":
+            verdicts = self.generate_fn([image] * len(prompts), prompts)
+            choices = [parse_critic_choice(v) for v in verdicts]
+        todo = [g for g, c in enumerate(choices) if c is None]
+        self.stats["comparisons"] += len(games)
+        if self.verdict != "likelihood":
+            self.stats["parse_failures"] += len(todo)
+        if todo and self.choice_fn is not None and self.verdict != "generate":
+            forced = self.choice_fn([image] * len(todo), [prompts[g] for g in todo])
+            for g, c in zip(todo, forced):
+                if c in (1, 2):
+                    choices[g] = c
+                    self.stats["likelihood_verdicts"] += 1
+        score = [0] * k
+        decided = 0
+        for (a, b), c in zip(games, choices):
             if c is None:
-                self.stats["parse_failures"] += 1
                 continue
-            parsed += 1
-            wins[a if c == 1 else b] += 1
-        if games and parsed == 0:
-            raise SimaRankError("no critic verdict could be parsed")
-        return sorted(range(k), key=lambda i: (-wins[i], i))
+            decided += 1
+            win, lose = (a, b) if c == 1 else (b, a)
+            score[win] += 1
+            score[lose] -= 1
+        if decided == 0:
+            raise SimaRankError("no critic verdict could be parsed", "rank_failed")
+        if len(set(score)) == 1:
+            raise SimaRankError("the critic ranked every response equal", "tied")
+        return sorted(range(k), key=lambda i: (-score[i], i))
 
 
 def build_sima_pairs(records: Sequence[Mapping], samples: Mapping[str, Sequence[str]],
@@ -439,8 +540,8 @@ def build_sima_pairs(records: Sequence[Mapping], samples: Mapping[str, Sequence[
             continue
         try:
             order = list(rank_fn(rec, distinct))
-        except SimaRankError:
-            skip("rank_failed", rid)
+        except SimaRankError as e:
+            skip(e.reason, rid)
             continue
         if sorted(order) != list(range(len(distinct))):
             raise ValueError(f"rank_fn returned {order!r} for {len(distinct)} responses "
@@ -517,41 +618,63 @@ def object_edit(text: str, mentions: Sequence[Any], present: set[str], absent: S
     return TextEdit("object", start, m.end, text[start:m.end], new)
 
 
+def _article_fixed(text: str, start: int, end: int, new: str) -> tuple[int, str]:
+    """(start, replacement) for replacing ``text[start:end]`` by ``new`` with a directly
+    preceding "a"/"an" corrected for ``new`` ("a blue cube" -> "an orange cube")."""
+    from visalign.methods.nsft_data import _a
+
+    art = re.search(r"\b(an?)(\s+)$", text[:start], re.I)
+    if not art:
+        return start, new
+    fixed = _match_case(art.group(1), _a(new).split()[0])
+    return art.start(1), f"{fixed}{art.group(2)}{new}"
+
+
 def attribute_edit(text: str, colors: Sequence[str], rng: random.Random,
                    protected: Sequence[tuple[int, int]] = ()) -> TextEdit | None:
-    """Swap one colour word for a different colour from ``colors``."""
+    """Swap one colour word for a different colour from ``colors`` (words inside the
+    ``protected`` spans, e.g. object mentions such as "orange" the fruit, are left alone); a
+    directly preceding "a"/"an" is fixed in the same edit."""
     vocab = {c.lower() for c in colors}
     cands = [w for w in _WORD_RE.finditer(text) if w.group().lower() in vocab
              and not any(s < w.end() and w.start() < e for s, e in protected)]
     if not cands or len(vocab) < 2:
         return None
     w = rng.choice(cands)
-    new = rng.choice(sorted(vocab - {w.group().lower()}))
-    return TextEdit("attribute", w.start(), w.end(), w.group(), _match_case(w.group(), new))
+    new = _match_case(w.group(), rng.choice(sorted(vocab - {w.group().lower()})))
+    start, new = _article_fixed(text, w.start(), w.end(), new)
+    return TextEdit("attribute", start, w.end(), text[start:w.end()], new)
 
 
 _RELATION_SWAPS = {"left": "right", "right": "left", "above": "below", "below": "above",
-                   "on": "under", "under": "on"}
+                   "on": "under", "under": "on", "behind": "in front of",
+                   "in front of": "behind"}
+_RELATION_RE = re.compile(r"\b(?:in\s+front\s+of|left|right|above|below|on|under|behind)\b",
+                          re.I)
+_NOT_AN_OBJECT = {"left", "right", "top", "bottom", "side", "center", "centre", "middle",
+                  "other", "way", "front", "back"}
 
 
 def relation_edit(text: str, rng: random.Random) -> TextEdit | None:
-    """Swap one spatial word: left<->right, above<->below, on<->under. "on"/"under" only
-    before a determiner and a non-region word ("on the table", not "on the left")."""
+    """Swap one spatial relation: left<->right, above<->below, on<->under, behind<->in front
+    of. "on"/"under" only before a determiner and an object word ("on the table", not "on
+    the left"); "left"/"right" not in "left behind", "right now", "right away"."""
     cands = []
-    for w in _WORD_RE.finditer(text):
-        lw = w.group().lower()
-        if lw not in _RELATION_SWAPS:
-            continue
+    for w in _RELATION_RE.finditer(text):
+        lw = " ".join(w.group().lower().split())
+        after = text[w.end():]
         if lw in ("on", "under"):
-            nxt = re.match(r"\s+(?:the|a|an|its|their)\s+([A-Za-z]+)", text[w.end():])
-            if not nxt or nxt.group(1).lower() in {"left", "right", "top", "bottom", "side",
-                                                   "center", "middle", "other", "way"}:
+            nxt = re.match(r"\s+(?:the|a|an|its|their|his|her)\s+([A-Za-z]+)", after)
+            if not nxt or nxt.group(1).lower() in _NOT_AN_OBJECT:
                 continue
+        if lw in ("left", "right") and re.match(r"\s+(?:behind|now|away|here|there)\b", after,
+                                                re.I):
+            continue
         cands.append(w)
     if not cands:
         return None
     w = rng.choice(cands)
-    new = _RELATION_SWAPS[w.group().lower()]
+    new = _RELATION_SWAPS[" ".join(w.group().lower().split())]
     return TextEdit("relation", w.start(), w.end(), w.group(), _match_case(w.group(), new))
 
 
@@ -631,7 +754,9 @@ def build_povid_pairs(records: Sequence[Mapping], gt: Any, rng: random.Random, *
         _check_record(rec, i)
         prompt, gt_answer = _question_answer(rec, i)
         rid = str(rec["id"])
-        if 1 in stages:
+        if 1 in stages and not gt_answer.strip():
+            skip("empty_answer", rid)
+        elif 1 in stages:
             if editor == "llm":
                 rejected = povid_llm_edit(client, gt_answer)
                 if rejected is None:
@@ -653,6 +778,8 @@ def build_povid_pairs(records: Sequence[Mapping], gt: Any, rng: random.Random, *
         if 2 in stages:
             if rid not in noisy:
                 skip("no_noisy_answer", rid)
+            elif not noisy[rid].strip() or not gt_answer.strip():
+                skip("empty_answer", rid)
             elif normalize_response(noisy[rid]) == normalize_response(gt_answer):
                 skip("identical", rid)
             else:
