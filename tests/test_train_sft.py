@@ -205,6 +205,11 @@ def test_cli_presets_resolve(tiny_llava_dir, data_dir, tmp_path):
                                                                           256)
     c = resolve("sft", ns("cont-sft", []))
     assert (c.preset, c.trainable, c.kl_coef, c.lr) == ("cont-sft", "lora", 0.0, 2e-4)
+    # cont-SFT and nSFT differ only in their data: every training setting is the same.
+    from visalign.config import config_to_dict
+    dn, dc = config_to_dict(resolve("sft", ns("nsft", []))), config_to_dict(c)
+    assert {k: v for k, v in dn.items() if k != "preset"} == \
+        {k: v for k, v in dc.items() if k != "preset"}
     with pytest.raises(ValueError, match="not a sft preset"):
         resolve("sft", ns("gt-dpo", []))
 
