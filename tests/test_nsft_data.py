@@ -304,6 +304,7 @@ def test_build_annotation_outputs_and_report(gt):
     assert rep["n_no_error"] == 2 and sorted(rep["no_error_ids"]) == ["d2", "s2"]
     assert rep["skipped"]["count"] == 1 and rep["skipped"]["records"][0]["id"] == "s4"
     assert rep["n_judged"] == 6 and rep["tasks"] == {"short": 2, "long": 2}
+    assert rep["n_images_judged"] == 2 and rep["n_images_no_error"] == 0
     assert rep["errors_per_category"] == {
         "object_identity": 2, "object_attribute": 3, "object_actions": 0,
         "object_locations": 1, "relative_positions": 1, "background_knowledge": 1,
@@ -345,17 +346,29 @@ def test_build_keep_gt_switches(gt):
 
 
 def test_build_fills_to_n_pairs_with_ground_truth_questions(gt):
-    cfg = NsftDataConfig(yes_ratio_target=0.0)
+    """One hallucinated object: its "No", a "Yes" about what is there (the most frequent
+    object), what the image holds, then ground-truth fillers up to 5 pairs."""
+    cfg = NsftDataConfig()
     data, rep = build_nsft_data([RECORDS[0]], {"d1": "A cat sits near the chair."}, gt, cfg,
                                 AnnotationJudge(cfg))
-    turns = _turns(data[0])
-    assert len(turns) == 5 and turns[0] == ("<image>\nIs there a cat in the image?",
-                                            "No, there is no cat.")
-    # Every filler answer is ground truth about the image.
-    assert ("How many dogs are there?", "There are two dogs.") in turns
-    for q, a in turns:
-        assert len(a.split()) <= 20
-    assert sum(q.lstrip("<image>\n").startswith(("Is ", "Are ")) for q, _ in turns) <= 3
+    assert _turns(data[0]) == [
+        ("<image>\nIs there a cat in the image?", "No, there is no cat."),
+        ("Are there any dogs in the image?", "Yes, there are two dogs."),
+        ("What objects can you see in the image?",
+         "Two brown dogs, a blue chair and a red cup."),
+        ("What color are the dogs?", "They are brown."),
+        ("Where are the dogs?", "In the top right corner and in the bottom right corner.")]
+    # Balanced by construction: nothing erased at the default target 0.5.
+    assert rep["yes_no"]["before"] == {"yes": 1, "no": 1, "yes_ratio": 0.5}
+    assert rep["yes_no"]["erased_no_pairs"] == 0
+
+
+def test_repeated_error_is_asked_once(gt):
+    cfg = NsftDataConfig(yes_ratio_target=0.0)
+    data, _ = build_nsft_data([RECORDS[0]], {"d1": "A green cup. The cup is blue."}, gt, cfg,
+                              AnnotationJudge(cfg))
+    qs = [q for q, _ in _turns(data[0])]
+    assert qs[0] == "<image>\nWhat color is the cup?" and len(qs) == len(set(qs)) == 5
 
 
 def test_region_answers_only_name_objects_in_that_region(gt):
@@ -365,7 +378,8 @@ def test_region_answers_only_name_objects_in_that_region(gt):
     data, _ = build_nsft_data([RECORDS[0]], {"d1": "In the top right corner there is a cat."},
                               gt, cfg, AnnotationJudge(cfg))
     turns = _turns(data[0])
-    assert turns[1] == ("What is in the top right corner of the image?", "A brown dog.")
+    assert turns[1:3] == [("Are there any dogs in the image?", "Yes, there are two dogs."),
+                          ("What is in the top right corner of the image?", "A brown dog.")]
     data, _ = build_nsft_data([RECORDS[0]], {"d1": "In the top left corner there is a cat."},
                               gt, cfg, AnnotationJudge(cfg))
     assert all("top left" not in q for q, _ in _turns(data[0])[1:])
@@ -575,6 +589,8 @@ def test_llm_judge_build_unparsed_and_cache(chat_server, gt, tmp_path, monkeypat
     assert out["d1"]["nsft"]["errors"][0]["right"] == "there is no cat"
     assert rep["judge"] == "llm" and rep["llm_unparsed"] == 1
     assert rep["llm_unparsed_ids"] == ["d3"] and rep["no_error_ids"] == ["d2"]
+    # image 2: d2 has no error and d3 could not be judged -> one image without errors.
+    assert rep["n_images_judged"] == 2 and rep["n_images_no_error"] == 1
     assert rep["skipped"]["by_reason"] == {"llm_unparsed": 1}
     assert rep["answers_truncated"] == 1 and rep["is_are"]["rephrased"] == 1
     assert rep["errors_per_category"]["object_identity"] == 1

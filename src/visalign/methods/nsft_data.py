@@ -30,8 +30,9 @@ Pipeline (:func:`build_nsft_data`)
 
    * long answers: one conversation of ``n_pairs`` (5, Sec. B.1) logically connected QA pairs
      focused on the errors. From the annotation judge they are template-generated (hallucinated
-     X: "Is there a X in the image?" -> "No, there is no X." then what is really at the place
-     the answer put X; wrong colour: "What color is the X?" -> "It is blue."; ...), filled with
+     X: "Is there a X in the image?" -> "No, there is no X.", then "Is there a Y?" -> "Yes..."
+     about an object that is there (at the place the answer put X when one is), then what that
+     place or the image really holds; wrong colour: "What color is the X?" -> "It is blue."; ...), filled with
      ground-truth-grounded questions about the erroneous and other present objects when there
      are fewer errors than pairs. Answers are cut to ``max_answer_tokens`` (20, Fig. 9 guideline
      4) whitespace tokens, and at most ``max_is_are_share`` (60%) of the questions start with
@@ -1291,8 +1292,8 @@ class _Scene:
         return [r for r, _ in Counter(o.region for o in self.by_cat.get(cat, [])
                                       if o.region).most_common()]
 
-    def describe(self, cats: list[str], limit: int = 3,
-                 objects: Sequence[GTObject] | None = None) -> str:
+    def describe(self, cats: list[str], limit: int = 5,
+                 objects: Sequence[GTObject] | None = None, max_words: int = 20) -> str:
         """ "A red cup, two dogs and a bench." (colour only when all instances share one).
 
         Counts and colours come from ``objects`` (default: all of the image's objects), so a
@@ -1306,6 +1307,8 @@ class _Scene:
             cols = sorted({o.color for o in insts if o.color})
             noun = f"{cols[0]} {c}" if len(cols) == 1 and all(o.color for o in insts) else c
             parts.append(_a(noun) if n <= 1 else f"{_num_word(n)} {_plural(noun)}")
+        while len(parts) > 1 and len(_join(parts).split()) > max_words:
+            parts.pop()  # fewer objects rather than a sentence cut mid-list
         return _cap(_join(parts)) + "." if parts else ""
 
     def at_region(self, region: str) -> list[GTObject]:
@@ -1370,13 +1373,19 @@ def _error_topic(e: Error, scene: _Scene) -> tuple[QA, list[QA]] | None:
     said from the ground truth."""
     if e.category == "object_identity" and e.object:
         primary = _exists_qa(e.object, bool(e.meta.get("plural")))
+        # Follow-ups ask what *is* there: first an existence question answered "Yes" about a
+        # present object (the one at the place the answer put the hallucination, else the most
+        # frequent one), so each "No" comes with a "Yes" and the yes/no balancing (Sec. C.5)
+        # need not erase the corrections themselves; then what that place / the image holds.
         follow: list[QA] = []
-        if e.where:
-            near = scene.at_region(e.where)
-            if near:
-                cats = list(dict.fromkeys(o.category for o in near))
-                follow.append(QA(region_question(e.where), scene.describe(cats, objects=near),
-                                 "region_what", cats[0]))
+        near = scene.at_region(e.where) if e.where else []
+        cats = list(dict.fromkeys(o.category for o in near))
+        yes_cat = cats[0] if cats else (scene.present[0] if scene.present else None)
+        if yes_cat is not None:
+            follow.append(_exists_qa(yes_cat, False, scene.count(yes_cat)))
+        if cats:
+            follow.append(QA(region_question(e.where), scene.describe(cats, objects=near),
+                             "region_what", cats[0]))
         elif scene.present:
             follow.append(QA("What objects can you see in the image?",
                              scene.describe(scene.present), "objects", scene.present[0]))
@@ -1420,22 +1429,31 @@ def template_conversation(errors: list[Error], scene: _Scene, n_pairs: int) -> l
 
     One primary pair per error in answer order (up to ``n_pairs``), each error's follow-ups
     right after it while there is room, then ground-truth questions about the erroneous
-    objects and the other present objects until the conversation has ``n_pairs`` pairs.
+    objects and the other present objects until the conversation has ``n_pairs`` pairs. No
+    question is asked twice (two wrong colours of one cup make one colour question).
     """
-    topics = [t for t in (_error_topic(e, scene) for e in errors) if t is not None]
-    topics = topics[:n_pairs]
-    qas: list[QA] = [p for p, _ in topics]
-    room = n_pairs - len(qas)
-    if room > 0:
-        out: list[QA] = []
-        for p, fol in topics:
-            out.append(p)
-            take = fol[:room]
-            out += take
-            room -= len(take)
-        qas = out
-    asked = {_qa_key(q) for q in qas}
-    questions = {q.question for q in qas}
+    asked: set = set()
+    questions: set[str] = set()
+
+    def new(q: QA) -> bool:
+        if _qa_key(q) in asked or q.question in questions:
+            return False
+        asked.add(_qa_key(q))
+        questions.add(q.question)
+        return True
+
+    topics = []
+    for t in (_error_topic(e, scene) for e in errors):
+        if t is not None and len(topics) < n_pairs and new(t[0]):
+            topics.append(t)
+    room = n_pairs - len(topics)
+    qas: list[QA] = []
+    for p, fol in topics:
+        qas.append(p)
+        for f in fol:
+            if room > 0 and new(f):
+                qas.append(f)
+                room -= 1
     focus: list[str] = []
     for e in errors:
         for c in (e.object, e.right, e.other):
@@ -1644,6 +1662,7 @@ def build_nsft_data(records: Sequence[dict], answers: Any, gt: GroundTruth | Non
     built: list[_Built] = []
     skipped: list[dict] = []
     no_error: list[str] = []
+    image_errors: dict[str, bool] = {}   # judged image -> any error found in its records
     unparsed: list[str] = []
     truncated = 0
     n_short = n_long = 0
@@ -1669,7 +1688,9 @@ def build_nsft_data(records: Sequence[dict], answers: Any, gt: GroundTruth | Non
             continue
         if not verdict.errors:
             no_error.append(rid)
+            image_errors.setdefault(str(rec["image"]), False)
             continue
+        image_errors[str(rec["image"])] = True
         short = is_short(rec, cfg)
         image_id = gt.image_id_for(rec) if gt is not None else None
         scene = _Scene(gt, image_id)
@@ -1729,6 +1750,9 @@ def build_nsft_data(records: Sequence[dict], answers: Any, gt: GroundTruth | Non
         "n_judged": len(records) - len(skipped),
         "n_with_errors": len(built),
         "n_no_error": len(no_error),
+        # Images whose judged records all came back without an error.
+        "n_images_judged": len(image_errors),
+        "n_images_no_error": sum(not e for e in image_errors.values()),
         "no_error_ids": no_error,
         "n_output": len(out),
         "tasks": {"short": n_short, "long": n_long},
@@ -1769,6 +1793,8 @@ def report_markdown(report: Mapping) -> str:
         f"- records: {report['n_records']} (judged {report['n_judged']}, with errors "
         f"{report['n_with_errors']}, without errors {report['n_no_error']}, skipped "
         f"{report['skipped']['count']})",
+        f"- images: {report['n_images_judged']} judged, {report['n_images_no_error']} without "
+        f"any error",
         f"- conversations written: {report['n_output']} (short {report['tasks']['short']}, "
         f"long {report['tasks']['long']})",
         f"- LLM replies unparsed: {report['llm_unparsed']}",
