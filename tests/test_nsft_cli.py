@@ -94,6 +94,7 @@ def world(tmp_path_factory):
     return load_world(root)
 
 
+@pytest.mark.slow
 def test_end_to_end_build_then_train(world, tiny_llava_dir, tmp_path):
     from visalign.data.llava import load_llava_records
 
