@@ -44,13 +44,18 @@ def test_build_from_answers_writes_data_report_and_config(files, capsys):
         (out / "nsft.json").read_text()
 
 
-def test_build_errors_are_one_clear_line(files, capsys):
+def test_build_errors_are_one_clear_line(files, capsys, monkeypatch):
+    monkeypatch.delenv("VISALIGN_JUDGE_MODEL", raising=False)
     args = ["nsft", "build", "--data", str(files / "data.json"), "--answers",
             str(files / "answers.jsonl"), "--out", str(files / "o")]
     assert main(args) == 2
     assert "--instances" in capsys.readouterr().err
     # LLM judge without a model name: a clear error, no traceback.
     assert main(args + ["--judge", "llm", "llm.base_url=http://127.0.0.1:9/v1"]) == 2
+    assert "judge model" in capsys.readouterr().err
+    # ... checked before any generation (the model dir does not even exist).
+    assert main(["nsft", "build", "--data", str(files / "data.json"), "--model",
+                 str(files / "no-model"), "--judge", "llm", "--out", str(files / "o")]) == 2
     assert "judge model" in capsys.readouterr().err
     assert not (files / "o" / "nsft.json").exists()
 

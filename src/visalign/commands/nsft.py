@@ -57,10 +57,17 @@ def _build(args: argparse.Namespace) -> int:
         raise ConfigError(f"judge must be 'annotation' or 'llm', got {cfg.judge!r}")
     if cfg.judge == "annotation" and not args.instances:
         raise ConfigError("--judge annotation needs --instances (COCO instances JSON)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from visalign.eval.judge import JudgeError
+    try:  # judge settings are checked before any (long) generation
+        judge = AnnotationJudge(cfg) if cfg.judge == "annotation" else LLMJudge(cfg=cfg)
+    except JudgeError as e:
+        raise ConfigError(f"LLM judge: {e}") from None
     records = read_records(args.data)
     image_root = args.image_root or str(Path(args.data).parent)
+    gt = (GroundTruth.from_files(args.instances, args.coco_captions, args.synonyms)
+          if args.instances else None)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
 
     if args.model:
         from visalign.models.generation import GenerationConfig, generate_answers
@@ -73,11 +80,7 @@ def _build(args: argparse.Namespace) -> int:
         answers_path = Path(args.answers)
     answers = read_jsonl(answers_path, tolerate_partial_last_line=True)
 
-    gt = (GroundTruth.from_files(args.instances, args.coco_captions, args.synonyms)
-          if args.instances else None)
-    from visalign.eval.judge import JudgeError
     try:
-        judge = AnnotationJudge(cfg) if cfg.judge == "annotation" else LLMJudge(cfg=cfg)
         data, report = build_nsft_data(records, answers, gt, cfg, judge)
     except JudgeError as e:
         # Settings or endpoint failures: one line (replies so far are cached; a re-run resumes).
