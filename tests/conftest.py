@@ -25,3 +25,24 @@ def tiny_clip_dir(tmp_path_factory):
     from _tiny import build_tiny_clip_dir
 
     return build_tiny_clip_dir(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_world_dir(tmp_path_factory):
+    """The micro-world's tiny preset (120 train + 40 val images)."""
+    from visalign.world import build_world, world_config
+
+    out = tmp_path_factory.mktemp("world") / "world"
+    build_world(world_config("tiny", seed=0), out, preset="tiny")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tiny_world_dir, tmp_path_factory):
+    """`visalign world base --preset tiny` on the tiny world (model + verifier + eval.json)."""
+    from visalign.world.base import base_config, build_base_model
+
+    out = tmp_path_factory.mktemp("base") / "base"
+    build_base_model(base_config("tiny", {"world": str(tiny_world_dir), "out": str(out),
+                                          "progress": False}))
+    return out

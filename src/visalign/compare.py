@@ -55,6 +55,8 @@ class CompareConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
     calibration_images: int = field(300, help="FiSAO calibration images (disjoint from the "
                                               "alignment sets)")
+    fisao_calibration: str = field("", help="an existing calibration.json for FiSAO ('' = "
+                                            "calibrate the verifier on the base model here)")
     sft: dict = field({}, help="overrides of every SFT run (cont-sft, nsft), e.g. {lr: 1e-4}")
     dpo: dict = field({}, help="overrides of every DPO run (gt-dpo, seva, sima, povid)")
     fisao: dict = field({}, help="overrides of the FiSAO run")
@@ -211,7 +213,10 @@ def run_compare(cfg: CompareConfig) -> dict:
 
     # 4. FiSAO's verifier calibration (once: it depends on the base model only)
     calib_dir = out / "fisao_calibration"
-    if "fisao" in cfg.methods:
+    if "fisao" in cfg.methods and cfg.fisao_calibration:
+        calib_dir.mkdir(exist_ok=True)
+        shutil.copyfile(cfg.fisao_calibration, calib_dir / "calibration.json")
+    elif "fisao" in cfg.methods:
         st.run("fisao-calibrate", lambda: _calibrate(world, base, calib_ids, calib_dir, cfg),
                done=(calib_dir / "calibration.json").exists())
 
