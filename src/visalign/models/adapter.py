@@ -373,9 +373,12 @@ class VLM:
         prompt_len = inputs["input_ids"].shape[1]
         # A fresh config: decoding is exactly what the caller asked for, not whatever sampling
         # defaults a checkpoint's generation_config.json carries.
+        # Image placeholder tokens are never generated: a sampled one would make the response
+        # unreplayable (the processor expects image features for every such token).
         gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
                                    eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id,
-                                   bos_token_id=self.tokenizer.bos_token_id)
+                                   bos_token_id=self.tokenizer.bos_token_id,
+                                   suppress_tokens=self._image_token_ids())
         processors = LogitsProcessorList()
         if do_sample:
             u = self._uniforms(len(texts), max_new_tokens, generator_seed, seeds)
