@@ -90,3 +90,16 @@ def test_wordnet_synonyms_and_singulars():
     assert es.canonical("frump") is None             # dog's 2nd sense is a person: dropped
     assert es.canonical("machine") is None           # car is not machine's main sense
     assert normalize_entity("Domestic_Dog".replace("_", " ")) in es.forms
+
+
+def test_words_naming_the_picture_are_not_entities():
+    from visalign.verifier.entities import EntitySet
+
+    es = EntitySet.build(extra=[["painting"]], synonyms=None, nouns=["photo", "dog"],
+                         wordnet=False)
+    text = "This picture shows a photo of a dog next to a painting."
+    assert [m.canonical for m in es.find(text)] == ["dog", "painting"]
+    assert es.stats()["base"] == 2          # "photo" was listed but is not counted
+    # a user vocabulary may still ask for them
+    es = EntitySet.build(extra=[["photo"]], synonyms=None, nouns=False, wordnet=False)
+    assert [m.surface for m in es.find(text)] == ["photo"]

@@ -19,6 +19,10 @@ inflections), then WordNet synonyms (and their inflections) in the same source o
 
 Departures from the paper (documented here because the paper gives no further detail):
 
+* Words naming the picture itself (``picture``, ``photo``, ``image``, ``scene``, ...,
+  :data:`META_WORDS`) are left out unless ``extra`` lists them: "This picture shows" is not an
+  object claim, yet WordNet makes "picture" a synonym of "painting".
+
 * WordNet expansion is restricted to keep C precise: only the first ``wordnet_senses`` noun
   senses of a word, only concrete lexicographer files (artifact, animal, food, plant, object,
   person, body, substance, Tops), only lower-case lemmas of at most three words without digits
@@ -73,6 +77,12 @@ COCO_CATEGORIES: tuple[str, ...] = (
     "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
     "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )
+
+#: Words that name the picture itself rather than something in it ("This photo shows ...");
+#: never entities unless the ``extra`` vocabulary lists them (WordNet would otherwise make
+#: "picture" a synonym of "painting" and reward or punish every "This picture shows").
+META_WORDS = frozenset({"picture", "pictures", "photo", "photos", "photograph", "photographs",
+                        "image", "images", "snapshot", "snapshots", "scene", "scenes"})
 
 #: WordNet lexicographer files whose synsets name picturable things.
 CONCRETE_LEXNAMES = frozenset({
@@ -396,8 +406,12 @@ class EntitySet:
 
         forms: dict[str, str] = {}
 
+        user_keys = {normalize_entity(w) for row in sources[0] for w in row}
+
         def add(surface: str, canonical: str) -> bool:
             key = normalize_entity(surface)
+            if key in META_WORDS and key not in user_keys:
+                return False
             if key and key not in forms:
                 forms[key] = canonical
                 return True
@@ -434,6 +448,7 @@ class EntitySet:
                                     for f in infl.forms(normalize_entity(syn)):
                                         n_wordnet += add(f, canon)
         base_keys.discard("")
+        base_keys -= META_WORDS - user_keys
         stats = {"base": len(base_keys), "expanded": len(forms),
                  "canonical": len(set(forms.values())), "inflect_added": n_inflect,
                  "wordnet_added": n_wordnet, "wordnet": wn is not None}
