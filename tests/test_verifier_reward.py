@@ -112,3 +112,32 @@ def test_response_entity_scores_places_scores_on_last_subtoken():
     r = token_rewards(scores[None], is_ent[None], CAL)
     # .9 -> (.9 - .625)/.375 = .7333; .4 is between the thresholds -> 0
     assert r[0, 2].item() == pytest.approx(0.275 / 0.375) and r[0, 6].item() == 0.0
+
+
+def test_branch_ranges_on_a_dense_sweep():
+    s = torch.linspace(-0.5, 1.5, 4001)
+    r = normalized_reward(s, CAL)
+    below = s < CAL.neg_threshold
+    above = s > CAL.pos_threshold
+    # hallucinated branch: [-1, 0), strictly negative right up to its threshold
+    assert (r[below] >= -1.0).all() and (r[below] < 0.0).all()
+    # correct branch: (0, 1]
+    assert (r[above] > 0.0).all() and (r[above] <= 1.0).all()
+    assert (r[~below & ~above] == 0.0).all()
+    # monotone non-decreasing in the score
+    assert (r[1:] >= r[:-1]).all()
+
+
+def test_margin_widens_the_neutral_band():
+    s = torch.tensor([0.05, 0.2, 0.3, 0.55, 0.7, 0.95])
+    bands = []
+    for lam in (0.0, 0.125, 0.2):
+        r = normalized_reward(s, CAL, lam)
+        bands.append((r == 0).sum().item())
+    # a larger margin never makes a reward larger in magnitude, and zeroes more of them
+    r0, r1 = normalized_reward(s, CAL, 0.0), normalized_reward(s, CAL, 0.2)
+    assert (r1.abs() <= r0.abs()).all()
+    assert bands == sorted(bands) and bands[0] < bands[-1]
+    # lam = 0: thresholds at mu_gt = .5 and mu_hal = .25 themselves
+    assert normalized_reward(torch.tensor([0.55, 0.2]), CAL, 0.0).tolist() == pytest.approx(
+        [0.05 / 0.5, -0.05 / 0.25])
