@@ -253,13 +253,24 @@ def run_compare(cfg: CompareConfig) -> dict:
                 shutil.copyfile(calib_dir / fname, figs_dir / fname)
                 figures[caption] = f"figures/{fname}"
         for size in sizes:
+            sdir = out / "fisao_shift" / str(size)
             shift = _reward_shift(world, base, cells / "base" / "eval",
-                                  cells / f"fisao-{size}" / "eval", calib_dir,
-                                  figs_dir / f"fig4_reward_shift_{size}.png")
-            if shift:
-                analysis[f"reward_shift_{size}"] = shift
-                figures[f"Fig. 4: generated-object scores before/after FiSAO ({size} images)"] \
-                    = f"figures/fig4_reward_shift_{size}.png"
+                                  cells / f"fisao-{size}" / "eval", calib_dir, sdir)
+            if not shift:
+                continue
+            analysis[f"reward_shift_{size}"] = {
+                k: v for k, v in shift.items() if k.startswith(("neg_share", "pos_share"))}
+            for kind in ("score", "reward"):
+                src = sdir / f"fig4_{kind}_shift.png"
+                if src.exists():
+                    shutil.copyfile(src, figs_dir / f"fig4_{kind}_shift_{size}.png")
+                    figures[f"Fig. 4: generated-object {kind}s before/after FiSAO "
+                            f"({size} images)"] = f"figures/fig4_{kind}_shift_{size}.png"
+                    stats = shift.get("scores" if kind == "score" else "rewards", {})
+                    analysis[f"reward_shift_{size}"][f"{kind}_mean_before"] = \
+                        stats.get("mean_before")
+                    analysis[f"reward_shift_{size}"][f"{kind}_mean_after"] = \
+                        stats.get("mean_after")
     timings = dict(st.times)
     timings["total_this_run"] = round(time.time() - t_all, 2)
     results = {"rows": rows, "config": _config_dict(cfg), "timings": timings,
@@ -346,7 +357,9 @@ def _train_method(method: str, world: Any, base: Path, ids: list[int], d: Path, 
         res = train_fisao(_trainer_cfg("fisao", method, cfg, {
             "model": str(base), "data": str(align), "image_root": root,
             "out": str(d / "train"), "calibration": str(calib_dir / "calibration.json"),
-            "extra_vocab": str(ann[2])}))
+            # the calibration's entities.json (world vocabulary included) when it wrote one
+            **({} if (calib_dir / "entities.json").exists() else {"extra_vocab": str(ann[2])})
+        }))
     else:
         raise ValueError(f"unknown method {method!r}")
     return str(res.model_dir)
@@ -373,37 +386,16 @@ def _calibrate(world: Any, base: Path, image_ids: list[int], out: Path,
 
 
 def _reward_shift(world: Any, base: Path, before_dir: Path, after_dir: Path, calib_dir: Path,
-                  path: Path) -> dict | None:
-    """Fig. 4: verifier scores of the objects each model mentions on the held-out images."""
-    from PIL import Image
+                  out: Path) -> dict | None:
+    """Fig. 4: verifier scores and rewards of the objects each model names on held-out images."""
+    from visalign.methods.fisao_calibrate import reward_shift
 
-    from visalign.analysis.distributions import plot_reward_shift
-    from visalign.eval.chair import Chair, load_synonyms
-    from visalign.io import read_jsonl
-    from visalign.methods.fisao_calibrate import score_mentions
-    from visalign.verifier.entities import EntitySet
-    from visalign.verifier.reward import Calibration
-    from visalign.verifier.scorer import ClipScorer
-
-    fa, fb = after_dir / "answers_detail.jsonl", before_dir / "answers_detail.jsonl"
+    fb, fa = before_dir / "answers_detail.jsonl", after_dir / "answers_detail.jsonl"
     if not (fa.exists() and fb.exists()):
         return None
-    calib = Calibration.from_json(calib_dir / "calibration.json")
-    split = world.eval_split
-    chair = Chair.from_coco(world.instances_path(split), world.captions_path(split),
-                            load_synonyms(world.synonyms_path))
-    scorer = ClipScorer.from_pretrained(str(base / "verifier"), template=calib.template)
-    entities = EntitySet.build(extra=str(world.synonyms_path))
-    before, after = read_jsonl(fb), read_jsonl(fa)
-    images = {a["image_id"]: Image.open(world.image_path(split, a["image_id"])).convert("RGB")
-              for a in before + after}
-    sb = [r["token_score"] for r in score_mentions(before, chair, scorer, entities, images)]
-    sa = [r["token_score"] for r in score_mentions(after, chair, scorer, entities, images)]
-    if not sb or not sa:
-        return None
-    res = plot_reward_shift(sb, sa, path, "Generated-object verifier scores (held-out)")
-    res["path"] = str(path)
-    return res
+    return reward_shift(fb, fa, out, verifier=base / "verifier",
+                        calibration=calib_dir / "calibration.json",
+                        image_root=str(world.image_root))
 
 
 def demo_config(out: str, overrides: Any = ()) -> CompareConfig:

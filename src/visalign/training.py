@@ -203,7 +203,11 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(cfg.schedule, int(cfg.warmup_ratio * total), total))
-    model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    # The scheduler is not prepared: accelerate's wrapper steps it once per process per
+    # optimiser step (it assumes a shrunken loader), running the schedule N times too fast on
+    # N processes. It is stepped here once per synchronised step and checkpointed with the rest.
+    model, opt, loader = acc.prepare(model, opt, loader)
+    acc.register_for_checkpointing(sched)
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "samples": 0}
     ck = latest_checkpoint(out)
@@ -234,7 +238,8 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
                 if acc.sync_gradients and cfg.max_grad_norm:
                     acc.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
-                sched.step()
+                if acc.sync_gradients:
+                    sched.step()
                 opt.zero_grad()
             state["batch_in_epoch"] += 1
             state["samples"] += cfg.batch_size * acc.num_processes
