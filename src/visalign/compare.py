@@ -46,7 +46,9 @@ class CompareConfig:
     out: str = field("", help="output dir of the comparison")
     world: str = field("", help="existing world dir ('' = build one into OUT/world)")
     world_preset: Literal["small", "tiny"] = field("small", help="world size when building")
-    base_model: str = field("", help="existing base model dir ('' = train one into OUT/base)")
+    base_model: str = field("", help="existing base model dir; '' = train one into OUT/base; "
+                                     "'packaged' = the base shipped with visalign (small "
+                                     "world, seed 0; checked against the world's fingerprint)")
     base_preset: Literal["small", "tiny"] = field("small", help="base model preset when training")
     base_overrides: dict = field({}, help="overrides of the base model config (world base)")
     methods: list[str] = field(list(METHODS), help="methods of the grid")
@@ -65,6 +67,52 @@ class CompareConfig:
     method_overrides: dict = field({}, help="per-method trainer overrides, e.g. "
                                             "{seva: {lr: 1e-5}}")
     progress: bool = field(True, help="progress bars and stage lines")
+
+
+PACKAGED = "packaged"
+
+
+def world_fingerprint(world_dir: str | Path) -> str:
+    """SHA-256 over the files a base model is trained on (train annotations and instructions)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in ("annotations/instances_train.json", "annotations/captions_train.json",
+                "llava/train.json", "synonyms.txt"):
+        h.update(rel.encode())
+        h.update((Path(world_dir) / rel).read_bytes())
+    return h.hexdigest()
+
+
+def packaged_base_dir() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("visalign") / "resources" / "microworld_base"))
+
+
+def install_packaged_base(world_dir: str | Path, dst: Path) -> Path:
+    """Copy the shipped base model to ``dst`` after checking it was trained on this world.
+
+    The shipped model is what ``visalign world base`` trains on ``visalign world build --preset
+    small --seed 0`` (``base_config.yaml`` inside says with which settings); it saves the demo
+    the base model's training time. A world of another preset, seed or generator version has
+    another fingerprint, and then the base must be trained (``base_model=''``).
+    """
+    src = packaged_base_dir()
+    if not (src / "config.json").exists():
+        raise FileNotFoundError(f"{src}: no packaged base model in this installation; "
+                                "use base_model='' to train one")
+    want = (src / "world_fingerprint.txt").read_text().strip()
+    got = world_fingerprint(world_dir)
+    if got != want:
+        raise ValueError(f"{world_dir}: the packaged base was trained on another world "
+                         f"(fingerprint {want[:12]} != {got[:12]}); use base_model='' to train "
+                         "a base on this one")
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    tmp.replace(dst)
+    return dst
 
 
 class _Stages:
@@ -184,8 +232,11 @@ def run_compare(cfg: CompareConfig) -> dict:
     world = load_world(world_dir)
 
     # 2. base model (trained here unless given), evaluated by the grid's own suite
-    base = Path(cfg.base_model) if cfg.base_model else out / "base"
-    if not cfg.base_model:
+    base = Path(cfg.base_model) if cfg.base_model not in ("", PACKAGED) else out / "base"
+    if cfg.base_model == PACKAGED:
+        st.run("base (packaged)", lambda: install_packaged_base(world_dir, base),
+               done=(base / "config.json").exists())
+    elif not cfg.base_model:
         def train_base() -> None:
             from visalign.world.base import base_config, build_base_model
             bc = base_config(cfg.base_preset, {**cfg.base_overrides, "world": str(world_dir),

@@ -1,0 +1,27 @@
+"""The base model shipped for the demo matches the world the demo builds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_packaged_base_matches_small_world_seed0(tmp_path, tiny_world_dir):
+    from visalign.compare import (install_packaged_base, packaged_base_dir,
+                                  world_fingerprint)
+    from visalign.world import build_world, world_config
+
+    src = packaged_base_dir()
+    size = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+    assert size <= 20 * 2**20, f"packaged base is {size / 2**20:.1f} MiB (limit 20)"
+    meta = json.loads((src / "eval.json").read_text())
+    assert "chair_s" in meta["metrics"] and "clip_auroc" in meta["metrics"]
+    # the demo's world: generator changes that alter it make this fail -> re-package the base
+    world = tmp_path / "world"
+    build_world(world_config("small", seed=0), world, preset="small")
+    assert world_fingerprint(world) == (src / "world_fingerprint.txt").read_text().strip()
+    dst = install_packaged_base(world, tmp_path / "base")
+    assert (dst / "config.json").exists() and (dst / "verifier" / "config.json").exists()
+    with pytest.raises(ValueError, match="another world"):
+        install_packaged_base(tiny_world_dir, tmp_path / "base2")
