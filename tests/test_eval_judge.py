@@ -254,3 +254,22 @@ def test_cli_judge_errors_are_one_line(endpoint, tmp_path, monkeypatch, capsys):
                str(tmp_path / "recs.jsonl"), "--base-url", endpoint.url, "--out",
                str(tmp_path / "o.json")])
     assert rc == 2 and "no judge model" in capsys.readouterr().err
+
+
+def test_suite_judges_descriptions_against_reference_captions(endpoint, client_factory,
+                                                             tmp_path):
+    from visalign.eval.suite import judge_descriptions
+    from visalign.io import write_json
+
+    caps = tmp_path / "captions.json"
+    write_json(caps, {"images": [{"id": 1}, {"id": 2}], "annotations": [
+        {"id": 1, "image_id": 1, "caption": "A dog on grass."},
+        {"id": 2, "image_id": 1, "caption": "A brown dog."},
+        {"id": 3, "image_id": 2, "caption": "A cat on a sofa."}]})
+    answers = [{"id": "v1", "image_id": 1, "prompt": "Describe it.", "answer": "SOLID ANSWER"},
+               {"id": "v2", "image_id": 2, "prompt": "Describe it.", "answer": "OK ANSWER"}]
+    res = judge_descriptions(answers, caps, client=client_factory())
+    assert res["metrics"]["indomain_instruction"] == 7.0
+    assert res["metrics"]["indomain_accuracy"] == 8.0
+    first = endpoint.requests[0]["body"]["messages"][1]["content"]
+    assert "A dog on grass. A brown dog." in first and "SOLID ANSWER" in first

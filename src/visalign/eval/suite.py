@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from visalign.config import field
+from visalign.eval.judge import JudgeConfig
 from visalign.io import read_json, read_jsonl, write_json, write_jsonl
 
 
@@ -34,6 +35,9 @@ class EvalSettings:
     meteor: bool = field(False, help="METEOR too (needs Java; slow)")
     split: str = field("val", help="held-out split of the world")
     seed: int = field(0, help="seed for POPE sampling")
+    judge: bool = field(False, help="score the descriptions with the nSFT in-domain LLM judge "
+                                    "(Fig. 7 prompt; endpoint from judge_config / env)")
+    judge_config: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 def _norm(s: str) -> str:
@@ -105,6 +109,13 @@ def evaluate_model(vlm_or_path: Any, world: Any, out_dir: str | Path,
         metrics.update(cm["metrics"])
         timings["caption_metrics"] = time.time() - t
 
+    if settings.judge:
+        t = time.time()
+        jres = judge_descriptions(answers, world.captions_path(split), settings.judge_config)
+        write_json(out / "judge_indomain.json", jres)
+        metrics.update({k: v for k, v in jres["metrics"].items() if k != "judge_n"})
+        timings["judge"] = time.time() - t
+
     # 2. POPE, three splits; questions are cached per world so every model sees the same ones
     t = time.time()
     for sp in settings.pope_splits:
@@ -154,6 +165,24 @@ def evaluate_model(vlm_or_path: Any, world: Any, out_dir: str | Path,
               "settings": dataclasses.asdict(settings)}
     write_json(out / "eval.json", result)
     return result
+
+
+def judge_descriptions(answers: list[dict], captions_path: str | Path,
+                       config: JudgeConfig | None = None, client: Any = None) -> dict:
+    """The nSFT in-domain judge (seed 000, Fig. 7) on held-out descriptions.
+
+    The judge sees the reference captions as the image's ground truth; returns
+    ``judge_records``' result (``indomain_instruction``, ``indomain_accuracy``,
+    ``judge_unparsed``). Replies are cached on disk by the client, so a re-run costs nothing.
+    """
+    from visalign.data.coco import load_coco_captions
+    from visalign.eval.judge import JudgeClient, judge_records
+
+    refs = load_coco_captions(captions_path)
+    recs = [{"id": str(a["id"]), "question": a["prompt"], "answer": a["answer"],
+             "caption": " ".join(refs.get(a["image_id"], []))} for a in answers]
+    client = client or JudgeClient(config or JudgeConfig())
+    return judge_records("indomain", client, recs, id_key="id")
 
 
 def load_eval(out_dir: str | Path) -> dict | None:
