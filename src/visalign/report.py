@@ -28,6 +28,8 @@ COLUMNS: list[tuple[str, str, str, bool, float]] = [
     ("Hallucinations", "chair_i", "CHAIR_i", False, 100),
     ("Hallucinations", "chair", "CHAIR", False, 100),
     ("Hallucinations", "mmhal_score", "MMHal", True, 1),
+    ("In-domain judge", "indomain_instruction", "Instr.", True, 1),
+    ("In-domain judge", "indomain_accuracy", "Acc.", True, 1),
 ]
 # CHAIR enters its group's total once, as the averaged CHAIR (not s and i again).
 TOTAL_EXCLUDE = {"chair_s", "chair_i"}
@@ -74,7 +76,7 @@ def results_markdown(rows: list[dict], title: str = "Results") -> str:
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(c) + " |" for c in body]
-    lines += ["", "Numbers are percentages (MMHal on its 0-6 scale). `(+x)`: sum of changes "
+    lines += ["", "Numbers are percentages (MMHal on its 0-6 scale, the in-domain judge on 0-10). `(+x)`: sum of changes "
               "against the base row in points, sign flipped for CHAIR (lower is better), so "
               "positive = better."]
     return "\n".join(lines) + "\n"
