@@ -76,7 +76,8 @@ def results_markdown(rows: list[dict], title: str = "Results") -> str:
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(c) + " |" for c in body]
-    lines += ["", "Numbers are percentages (MMHal on its 0-6 scale, the in-domain judge on 0-10). `(+x)`: sum of changes "
+    lines += ["", "Numbers are percentages (MMHal on its 0-6 scale, the in-domain judge on "
+              "0-10). `(+x)`: sum of changes "
               "against the base row in points, sign flipped for CHAIR (lower is better), so "
               "positive = better."]
     return "\n".join(lines) + "\n"
