@@ -256,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
         ranker = P.SimaRanker(model.generate_fn, image_fn=model.image,
                               both_orders=cfg.both_orders, choice_fn=model.choice_fn,
                               verdict=cfg.critic_verdict)
-        pairs, stats = P.build_sima_pairs(records, samples, ranker)
+        pairs, stats = P.build_sima_pairs(records, samples, ranker, progress=True)
     elif method == "povid":
         from visalign.methods.nsft_data import GroundTruth
 

@@ -505,8 +505,8 @@ class SimaRanker:
 
 
 def build_sima_pairs(records: Sequence[Mapping], samples: Mapping[str, Sequence[str]],
-                     rank_fn: Callable[[Mapping, Sequence[str]], Sequence[int]]
-                     ) -> tuple[list[dict], dict]:
+                     rank_fn: Callable[[Mapping, Sequence[str]], Sequence[int]],
+                     progress: bool = False) -> tuple[list[dict], dict]:
     """Best vs worst of each record's sampled responses, as ranked by ``rank_fn``.
 
     ``samples``: ``{id: [response, ...]}``; ``rank_fn(record, responses)`` returns indices
@@ -522,7 +522,13 @@ def build_sima_pairs(records: Sequence[Mapping], samples: Mapping[str, Sequence[
         skipped[reason] += 1
         skipped_ids.setdefault(reason, []).append(rid)
 
+    bar = None
+    if progress:  # the model critic makes ~k(k-1) generations per record: minutes
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(records), desc="sima critic", unit="rec", dynamic_ncols=True)
     for i, rec in enumerate(records):
+        if bar:
+            bar.update(1)
         _check_record(rec, i)
         prompt, _ = _question_answer(rec, i)
         rid = str(rec["id"])
