@@ -343,7 +343,8 @@ def _is_no(answer: str) -> bool:
     return re.match(r"^\W*no\b", answer, re.I) is not None
 
 
-def _strip_image(text: str) -> str:
+def strip_image(text: str) -> str:
+    """A turn's text without the ``<image>`` placeholder (whitespace folded where it stood)."""
     return " ".join(text.replace("<image>", " ").split()) if "<image>" in text else text.strip()
 
 
@@ -654,7 +655,7 @@ def first_exchange(record: Mapping, index: Any = None, path: Any = None) -> tupl
             raise DataError(path, "turns must be {'from', 'value'} objects",
                             record=record.get("id", index), field="conversations")
         if q is None and turn.get("from") == "human":
-            q = _strip_image(turn["value"])
+            q = strip_image(turn["value"])
         elif q is not None and turn.get("from") == "gpt":
             a = turn["value"].strip()
             break
@@ -1623,7 +1624,7 @@ def _gt_qas(record: Mapping) -> list[QA]:
     out, q = [], None
     for turn in record["conversations"]:
         if turn.get("from") == "human":
-            q = _strip_image(turn["value"])
+            q = strip_image(turn["value"])
         elif turn.get("from") == "gpt" and q is not None:
             out.append(QA(q, turn["value"], "gt", gt=True))
             q = None

@@ -77,6 +77,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from visalign.config import field
 from visalign.eval.judge import JudgeConfig
 from visalign.io import DataError, read_records, write_json, write_jsonl
+from visalign.methods.nsft_data import first_exchange, strip_image
 
 __all__ = [
     "PairsConfig", "load_pairs", "validate_pairs", "write_pairs", "build_gt_dpo_pairs",
@@ -128,10 +129,6 @@ def normalize_response(text: str) -> str:
     return " ".join(str(text).lower().split()).strip(" .!?")
 
 
-def _strip_image(text: str) -> str:
-    return " ".join(text.replace("<image>", " ").split()) if "<image>" in text else text.strip()
-
-
 def validate_pairs(pairs: Sequence[Any], path: Any = None) -> list[dict]:
     """Check pair records (see the module docstring); returns normalised copies."""
     out: list[dict] = []
@@ -177,7 +174,7 @@ def validate_pairs(pairs: Sequence[Any], path: Any = None) -> list[dict]:
                                 record=where, field="meta.stage")
         q = dict(p)
         q["id"] = rid
-        q["prompt"] = _strip_image(p["prompt"])
+        q["prompt"] = strip_image(p["prompt"])
         q["meta"] = dict(meta)
         out.append(q)
     return out
@@ -205,24 +202,7 @@ def write_pairs(path: str | Path, pairs: Sequence[dict]) -> Path:
 
 def _question_answer(record: Mapping, index: int) -> tuple[str, str]:
     """(first question without <image>, first GT answer) of a LLaVA record."""
-    conv = record.get("conversations")
-    if not isinstance(conv, list):
-        raise DataError(None, "missing 'conversations'", record=record.get("id", index),
-                        field="conversations")
-    q = a = None
-    for t in conv:
-        if not isinstance(t, Mapping) or not isinstance(t.get("value"), str):
-            raise DataError(None, "turns must be {'from', 'value'} objects",
-                            record=record.get("id", index), field="conversations")
-        if q is None and t.get("from") == "human":
-            q = _strip_image(t["value"])
-        elif q is not None and t.get("from") == "gpt":
-            a = t["value"].strip()
-            break
-    if q is None or a is None:
-        raise DataError(None, "needs a human turn followed by a gpt turn",
-                        record=record.get("id", index), field="conversations")
-    return q, a
+    return first_exchange(record, index)
 
 
 def _amap(answers: Any, what: str) -> dict[str, str]:
