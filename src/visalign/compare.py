@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from visalign.config import field, load_config, save_run_config
+from visalign.config import config_to_dict, field, load_config, save_run_config
 from visalign.eval.suite import EvalSettings
 from visalign.io import atomic_write_text, read_json, write_json
 
@@ -177,13 +177,14 @@ def write_alignment_data(world: Any, image_ids: list[int], tasks: tuple[str, ...
     """LLaVA records of ``tasks`` for ``image_ids`` (image paths relative to the world)."""
     from visalign.data.llava import load_llava_records
 
+    if path.exists():  # written by an earlier cell of this size; the world does not change
+        return path
     keep = set(image_ids)
     recs = [r for r in load_llava_records(world.llava_path(world.train_split))
             if r.get("image_id") in keep and r.get("task") in tasks]
     if not recs:
         raise ValueError(f"{world.root}: no {tasks} records for the alignment images")
-    if not path.exists():
-        write_json(path, recs)
+    write_json(path, recs)
     return path
 
 
@@ -324,7 +325,7 @@ def run_compare(cfg: CompareConfig) -> dict:
                         stats.get("mean_after")
     timings = dict(st.times)
     timings["total_this_run"] = round(time.time() - t_all, 2)
-    results = {"rows": rows, "config": _config_dict(cfg), "timings": timings,
+    results = {"rows": rows, "config": config_to_dict(cfg), "timings": timings,
                "analysis": analysis, "failures": failures}
     write_json(out / "results.json", results)
     write_results(rows, out, title="visalign comparison")
@@ -334,20 +335,15 @@ def run_compare(cfg: CompareConfig) -> dict:
     return results
 
 
-def _config_dict(cfg: CompareConfig) -> dict:
-    from visalign.config import config_to_dict
-    return config_to_dict(cfg)
-
-
 def _cell(st: _Stages, d: Path, method: str, size: int, train: Callable[[Path], str],
           world: Any, cfg: CompareConfig, evaluate: Callable) -> dict:
     """Train (unless done) and evaluate one (method, size); ``row.json`` marks it finished."""
     row_path = d / "row.json"
+    name = f"{method}-{size}" if size else method
     if row_path.exists():
-        st.run(f"{method}-{size}" if size else method, lambda: None, done=True)
+        st._say(f"[compare] {name}: done earlier, skipped")
         return read_json(row_path)
     d.mkdir(parents=True, exist_ok=True)
-    name = f"{method}-{size}" if size else method
     try:
         model_dir = st.run(f"{name}:train", lambda: train(d)) if method != "base" else train(d)
         ev = st.run(f"{name}:eval", lambda: evaluate(model_dir, world, d / "eval", cfg.eval))
