@@ -49,3 +49,99 @@ def test_base_stages_resume(tiny_world_dir, tiny_base_dir, tmp_path):
                                           "progress": False, "skip_eval": True}))
     assert {p: p.stat().st_mtime_ns for p in weights} == before  # nothing retrained
     assert (out / "config.json").exists() and (out / "verifier" / "config.json").exists()
+
+
+def test_patch_labels_on_hand_made_boxes():
+    from visalign.world.clip_train import patch_labels
+
+    # 32 px image, 8 px patches: a 4 x 4 grid; patch centres at 4, 12, 20, 28
+    big = (0, 0, 16, 16, 3)        # covers the top-left 2 x 2 patches
+    small = (8, 8, 8, 8, 7)        # covers the centre of patch (1, 1) only, drawn on top
+    labels = patch_labels([small, big], 32, 8)
+    assert labels[0] == 3 and labels[1] == 3 and labels[4] == 3
+    assert labels[5] == 7          # the smaller box wins where they overlap
+    assert labels.count(-1) == 12  # everything else is background
+
+
+def test_dense_clip_term_is_trained(tiny_world_dir, tmp_path):
+    """With patch labels the dense loss is computed and falls; without, it is not computed."""
+    import math
+
+    from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
+
+    from visalign.models.tiny import build_tiny_clip
+    from visalign.models.tokenizer import train_tokenizer
+    from visalign.world import load_world
+    from visalign.world.base import _clip_examples, _world_texts
+    from visalign.world.clip_train import ClipTrainSettings, train_clip
+
+    world = load_world(tiny_world_dir)
+    tok = train_tokenizer(_world_texts(world), 300)
+    tok.save_pretrained(tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    cats = [c.name for c in world.vocab.categories]
+    examples, _ = _clip_examples(world, "train", cats)
+    assert all(len(e.patch_labels) == (world.image_size // 8) ** 2 for e in examples)
+    assert any(lab >= 0 for e in examples for lab in e.patch_labels)
+    logs = {}
+    for dense in (1.0, 0.0):
+        build_tiny_clip(tmp_path / f"c{dense}", tok, image_size=world.image_size, patch_size=8,
+                        vision_hidden=32, text_hidden=32, layers=(1, 1), projection_dim=32,
+                        heads=2, seed=0)
+        clip = CLIPModel.from_pretrained(tmp_path / f"c{dense}")
+        proc = CLIPProcessor.from_pretrained(tmp_path / f"c{dense}")
+        rows: list[dict] = []
+        cfg = ClipTrainSettings(epochs=6.0, batch_size=32, dense_weight=dense)
+        train_clip(clip, proc, examples, cfg, categories=cats, progress=False, log=rows.append)
+        logs[dense] = [r["dense_loss"] for r in rows]
+    assert logs[1.0][-1] < logs[1.0][0]
+    assert all(math.isnan(v) for v in logs[0.0])
+
+
+def test_scene_lm_texts_state_the_truth(tiny_world_dir, tiny_base_dir):
+    """Scene text names exactly the image's objects; lookup questions are answered from it;
+    the prompt/answer format is the one the VLM's chat template renders."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    from visalign.data.coco import load_coco_instances
+    from visalign.data.llava import load_llava_records
+    from visalign.world import load_world
+    from visalign.world.base import scene_lm_texts, world_chat_template
+
+    world = load_world(tiny_world_dir)
+    records = load_llava_records(world.llava_path("train"))
+    items = scene_lm_texts(world, records, 4, seed=0)
+    n_images = len(load_coco_instances(world.instances_path("train")).getImgIds())
+    assert len(items) == len(records) + 4 * n_images
+    assert not any("<image>" in p for p, _ in items)
+    names = {c.name for c in world.vocab.categories}
+    syn = {}
+    for line in world.synonyms_path.read_text().splitlines():
+        words = [w.strip() for w in line.split(",") if w.strip()]
+        for w in words:
+            syn[w] = words[0]
+    checked = yes = 0
+    for prompt, answer in items:
+        m = re.match(r"USER: (\w[\w ]*): (.*)\.\n(Is there an? (.+) in the image\?) ASSISTANT:$",
+                     prompt)
+        if not m:
+            continue
+        scene, in_scene = m.group(2), set()
+        for n in sorted(names, key=len, reverse=True):  # "hot dog" before "dog"
+            if re.search(rf"\b{n}\b", scene):
+                in_scene.add(n)
+                scene = re.sub(rf"\b{n}\b", "", scene)
+        asked = syn.get(m.group(4), m.group(4))
+        assert answer == (" Yes</s>" if asked in in_scene else " No</s>"), (prompt, answer)
+        checked += 1
+        yes += answer == " Yes</s>"
+    assert checked > 20 and 0.3 < yes / checked < 0.7
+    tok = AutoTokenizer.from_pretrained(tiny_base_dir)
+    p_fmt, a_fmt = world_chat_template()
+    msgs = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A"}]
+    assert tok.apply_chat_template(msgs, tokenize=False) == p_fmt.format(q="Q?") + a_fmt.format(
+        a="A")
+    assert tok.apply_chat_template(msgs[:1], tokenize=False,
+                                   add_generation_prompt=True) == p_fmt.format(q="Q?")

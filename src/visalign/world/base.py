@@ -28,6 +28,9 @@ from visalign.training import TrainConfig
 from visalign.world.clip_train import ClipTrainSettings
 
 
+PATCH_SIZE = 8  # ViT patch side in pixels: an 8 x 8 grid of image tokens at 64 px
+
+
 @dataclasses.dataclass
 class ClipArch:
     vision_hidden: int = field(128, help="ViT width")
@@ -64,8 +67,18 @@ class BaseModelConfig:
     clip: ClipTrainSettings = field(default_factory=ClipTrainSettings)
     lm: LmArch = field(default_factory=LmArch)
     lm_pretrain: StageSettings = field(default_factory=lambda: StageSettings(2.0, 2e-3, 64))
-    stage1: StageSettings = field(default_factory=lambda: StageSettings(3.0, 2e-3, 32))
-    stage2: StageSettings = field(default_factory=lambda: StageSettings(2.0, 1e-3, 32))
+    lm_text: Literal["scene", "answers"] = field(
+        "scene", help="LM pre-training text: 'scene' = each instruction turn with the true scene "
+        "written out in words where the image goes, plus `lookup_per_image` existence questions "
+        "(teaches the LM to read its context); 'answers' = the answers alone (language only)")
+    lookup_per_image: int = field(
+        6, help="extra yes/no existence questions per training image in the 'scene' LM text")
+    vision_feature_layer: int = field(
+        -1, help="ViT hidden layer the VLM reads (-1: the last, which the dense CLIP loss trains)")
+    stage1_tasks: str = field(
+        "caption,existence", help="instruction tasks of LLaVA stage 1 (projector alignment)")
+    stage1: StageSettings = field(default_factory=lambda: StageSettings(2.0, 2e-3, 32))
+    stage2: StageSettings = field(default_factory=lambda: StageSettings(1.0, 3e-4, 32))
     eval: EvalSettings = field(default_factory=EvalSettings)
     skip_eval: bool = field(False, help="do not run the held-out evaluation")
     progress: bool = field(True, help="progress bars")
@@ -111,11 +124,14 @@ def _world_texts(world: Any) -> list[str]:
     return texts
 
 
-def _clip_examples(world: Any, split: str) -> tuple[list, list[set[str]]]:
+def _clip_examples(world: Any, split: str, categories: list[str] | None = None,
+                   patch_size: int = PATCH_SIZE) -> tuple[list, list[set[str]]]:
+    """CLIP training examples of a split (with per-patch labels over ``categories`` if given)
+    and the set of object names present in each image."""
     from PIL import Image
 
     from visalign.data.coco import load_coco_captions, load_coco_instances
-    from visalign.world.clip_train import ClipExample
+    from visalign.world.clip_train import ClipExample, patch_labels
 
     coco = load_coco_instances(world.instances_path(split))
     caps = load_coco_captions(world.captions_path(split))
@@ -131,8 +147,12 @@ def _clip_examples(world: Any, split: str) -> tuple[list, list[set[str]]]:
         anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
         names = sorted({cats[a["category_id"]] for a in anns})
         image = Image.open(Path(world.image_root) / info["file_name"]).convert("RGB")
+        labels = None
+        if categories:
+            labels = patch_labels([(*a["bbox"], categories.index(cats[a["category_id"]]))
+                                   for a in anns], world.image_size, patch_size)
         examples.append(ClipExample(image, caps.get(img_id, []) or [" "],
-                                    [(n, syn.get(n, [n])) for n in names]))
+                                    [(n, syn.get(n, [n])) for n in names], labels))
         present.append(set(names))
     return examples, present
 
@@ -179,17 +199,17 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
         from transformers import CLIPModel, CLIPProcessor
 
         tmp = work / "clip.init"
-        build_tiny_clip(tmp, tok, image_size=world.image_size, patch_size=8,
+        build_tiny_clip(tmp, tok, image_size=world.image_size, patch_size=PATCH_SIZE,
                         vision_hidden=a.vision_hidden, text_hidden=a.text_hidden,
                         layers=(a.vision_layers, a.text_layers),
                         projection_dim=a.projection_dim, heads=a.heads, seed=cfg.seed)
         clip = CLIPModel.from_pretrained(tmp)
         proc = CLIPProcessor.from_pretrained(tmp)
-        examples, _ = _clip_examples(world, "train")
-        summary = train_clip(clip, proc, examples, cfg.clip, seed=cfg.seed,
+        cats = [c.name for c in world.vocab.categories]
+        examples, _ = _clip_examples(world, "train", cats)
+        summary = train_clip(clip, proc, examples, cfg.clip, seed=cfg.seed, categories=cats,
                              progress=cfg.progress, log=log.write)
         val_ex, val_present = _clip_examples(world, world.eval_split)
-        cats = [c.name for c in world.vocab.categories]
         summary["auroc"] = object_auroc(clip, proc, [e.image for e in val_ex], val_present, cats,
                                         cfg.clip.template)
         clip.save_pretrained(clip_dir)
@@ -203,17 +223,19 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
     init_dir = work / "llava.init"
     if not (init_dir / "config.json").exists():
         build_tiny_llava(init_dir, tok, clip_dir=clip_dir, image_size=world.image_size,
-                         patch_size=8, text_hidden=cfg.lm.hidden, text_layers=cfg.lm.layers,
+                         patch_size=PATCH_SIZE, text_hidden=cfg.lm.hidden,
+                         text_layers=cfg.lm.layers,
                          text_heads=cfg.lm.heads, text_intermediate=cfg.lm.intermediate,
-                         seed=cfg.seed)
+                         seed=cfg.seed, vision_feature_layer=cfg.vision_feature_layer)
     prev = init_dir
     from visalign.data.llava import load_llava_records
     from visalign.methods.sft import conversation_items, make_collate
 
     records = load_llava_records(world.llava_path("train"))
+    s1_tasks = {t.strip() for t in cfg.stage1_tasks.split(",") if t.strip()}
     stages = [
         ("lm_pretrain", cfg.lm_pretrain, "lm", None),
-        ("stage1", cfg.stage1, "projector", [r for r in records if r.get("task") == "caption"]),
+        ("stage1", cfg.stage1, "projector", [r for r in records if r.get("task") in s1_tasks]),
         ("stage2", cfg.stage2, "lm+projector",
          [r for r in records if r.get("task") != "caption"]),
     ]
@@ -227,7 +249,10 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
                                warmup_ratio=0.05, seed=cfg.seed, log_every=20,
                                progress=cfg.progress, save_every=0)
             if recs is None:
-                items = _lm_texts(records)
+                if cfg.lm_text == "scene":
+                    items = scene_lm_texts(world, records, cfg.lookup_per_image, cfg.seed)
+                else:
+                    items = [(t, "") for t in _lm_texts(records)]
                 collate = _text_collate(tok)
             else:
                 items = conversation_items(recs, str(world.image_root))
@@ -268,11 +293,90 @@ def _lm_texts(records: list[dict]) -> list[str]:
     return [t["value"] for r in records for t in r["conversations"] if t["from"] == "gpt"]
 
 
+def scene_text(theme: str, objects: list[dict], names: dict, rng: Any) -> str:
+    """The true scene in words, where the image goes: "beach: large black person bottom left;
+    large white chair top." (objects in random order, so position in the list means nothing)."""
+    objs = list(objects)
+    rng.shuffle(objs)
+    parts = [f"{a.get('size', '')} {a.get('color', '')} {names[a['category_id']]} "
+             f"{a.get('region', '')}".strip() for a in objs]
+    return f"{theme}: " + "; ".join(" ".join(p.split()) for p in parts) + "."
+
+
+def scene_lm_texts(world: Any, records: list[dict], lookup_per_image: int,
+                   seed: int) -> list[tuple[str, str]]:
+    """(prompt, answer) chat texts for LM pre-training with the scene written out in words.
+
+    A pretrained LLM brings two things to LLaVA: a language prior and the ability to read its
+    context ("is X among the things mentioned?"). A tiny LM trained on answers alone gets only
+    the first, and then never learns to look at the image tokens (on the micro-world its POPE
+    answers did not change when the image was replaced by a blank one). Here every instruction
+    turn is rendered with the true scene in place of ``<image>``, plus ``lookup_per_image``
+    balanced existence questions per image (any category, synonyms included). The defects of
+    the instruction data stay: a description that names an absent object still does so next to
+    a scene that lacks it, which is the prior that makes the VLM hallucinate.
+    """
+    import random
+    from collections import defaultdict
+
+    from visalign.data.coco import load_coco_instances
+    from visalign.world.text import EXISTENCE_QUESTIONS
+    from visalign.world.vocab import with_article
+
+    rng = random.Random(f"{seed}:scene-lm")
+    coco = load_coco_instances(world.instances_path("train"))
+    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    syn: dict[str, list[str]] = {}
+    for line in Path(world.synonyms_path).read_text().splitlines():
+        words = [w.strip() for w in line.split(",") if w.strip()]
+        if words:
+            syn[words[0]] = words
+    by_file: dict[str, tuple[str, list[dict]]] = {}
+    for img_id in coco.getImgIds():
+        info = coco.loadImgs(img_id)[0]
+        by_file[info["file_name"]] = (str(info.get("theme", "scene")),
+                                      coco.loadAnns(coco.getAnnIds(imgIds=img_id)))
+    tmpl = world_chat_template()
+    out = []
+    for r in records:
+        if r["image"] not in by_file:
+            continue
+        theme, anns = by_file[r["image"]]
+        conv = r["conversations"]
+        q = conv[0]["value"].replace("<image>", scene_text(theme, anns, names, rng))
+        out.append((tmpl[0].format(q=q), tmpl[1].format(a=conv[1]["value"])))
+    all_names = sorted(syn) or sorted(names.values())
+    for theme, anns in by_file.values():
+        present = {names[a["category_id"]] for a in anns}
+        absent = [n for n in all_names if n not in present]
+        for k in range(lookup_per_image):
+            yes = (k % 2 == 0 and bool(present)) or not absent
+            obj = rng.choice(sorted(present) if yes else absent)
+            noun = rng.choice(syn.get(obj, [obj]))
+            q = (scene_text(theme, anns, names, rng) + "\n"
+                 + rng.choice(EXISTENCE_QUESTIONS).format(a=with_article(noun)))
+            out.append((tmpl[0].format(q=q), tmpl[1].format(a="Yes" if yes else "No")))
+    rng.shuffle(out)
+    return out
+
+
+def world_chat_template() -> tuple[str, str]:
+    """(prompt, answer) formats of the micro-world's chat template for a text-only user turn
+    (``models.tiny``: "USER: {text} ASSISTANT: {answer}</s>")."""
+    return "USER: {q} ASSISTANT:", " {a}</s>"
+
+
 def _text_collate(tok: Any):
-    def collate(texts: list[str]) -> dict:
-        enc = tok([t + tok.eos_token for t in texts], padding=True, truncation=True,
-                  max_length=256, return_tensors="pt")
+    """Batch of (prompt, answer) texts: loss on the answer only (on everything if no prompt
+    split is given, i.e. answer == "")."""
+    def collate(items: list[tuple[str, str]]) -> dict:
+        full = [p + a if a else p + tok.eos_token for p, a in items]
+        enc = tok(full, padding=True, truncation=True, max_length=256, return_tensors="pt")
         labels = enc["input_ids"].clone()
+        for i, (p, a) in enumerate(items):
+            if a:
+                n = len(tok(p, truncation=True, max_length=256)["input_ids"])
+                labels[i, :n] = -100
         labels[enc["attention_mask"] == 0] = -100
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                 "labels": labels}
