@@ -25,3 +25,20 @@ def test_packaged_base_matches_small_world_seed0(tmp_path, tiny_world_dir):
     assert (dst / "config.json").exists() and (dst / "verifier" / "config.json").exists()
     with pytest.raises(ValueError, match="another world"):
         install_packaged_base(tiny_world_dir, tmp_path / "base2")
+
+
+def test_packaged_base_was_trained_with_the_current_small_recipe():
+    """`visalign world base` with today's defaults reproduces the shipped model's settings: a
+    recipe change without re-packaging (scripts/package_base.py) fails here."""
+    import yaml
+
+    from visalign.compare import packaged_base_dir
+    from visalign.config import config_to_dict
+    from visalign.world.base import base_config
+
+    shipped = yaml.safe_load((packaged_base_dir() / "base_config.yaml").read_text())
+    current = config_to_dict(base_config("small"))
+    for key in ("world", "out", "visalign_version", "progress"):
+        shipped.pop(key, None)
+        current.pop(key, None)
+    assert shipped == current
