@@ -25,18 +25,12 @@ def _answer_logprob(vlm: Any, images: Sequence[Any], questions: Sequence[str],
     """Summed log-probability of ``answer`` (plus the end-of-turn token) per sample."""
     import torch
 
+    from visalign.models.adapter import sequence_logprobs
+
     convs = [[{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": answer}]
              for q in questions]
-    batch = vlm.encode(list(images), convs)
-    labels = batch.pop("labels")
-    batch = {k: v.to(vlm.device) if hasattr(v, "to") else v for k, v in batch.items()}
     with torch.no_grad():
-        logits = vlm.model(**batch).logits.float()
-    logp = torch.log_softmax(logits[:, :-1], -1).cpu()
-    target = labels[:, 1:]
-    mask = target != -100
-    tok = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (tok * mask).sum(1)
+        return sequence_logprobs(vlm.model, vlm.encode(list(images), convs)).sum(1).cpu()
 
 
 def yes_no_scores(vlm: Any, images: Sequence[Any], questions: Sequence[str], *,

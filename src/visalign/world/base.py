@@ -119,9 +119,19 @@ def _world_texts(world: Any) -> list[str]:
         texts += [t["value"].replace("<image>", "") for t in r["conversations"]]
     for caps in load_coco_captions(world.captions_path("train")).values():
         texts += caps
-    for line in Path(world.synonyms_path).read_text().splitlines():
-        texts += [f"a photo of a {w.strip()}." for w in line.split(",") if w.strip()]
+    for words in _synonym_table(world).values():
+        texts += [f"a photo of a {w}." for w in words]
     return texts
+
+
+def _synonym_table(world: Any) -> dict[str, list[str]]:
+    """Category name -> its surface words (name first), from the world's CHAIR synonyms file."""
+    syn = {}
+    for line in Path(world.synonyms_path).read_text().splitlines():
+        words = [w.strip() for w in line.split(",") if w.strip()]
+        if words:
+            syn[words[0]] = words
+    return syn
 
 
 def _clip_examples(world: Any, split: str, categories: list[str] | None = None,
@@ -135,11 +145,7 @@ def _clip_examples(world: Any, split: str, categories: list[str] | None = None,
 
     coco = load_coco_instances(world.instances_path(split))
     caps = load_coco_captions(world.captions_path(split))
-    syn = {}
-    for line in Path(world.synonyms_path).read_text().splitlines():
-        words = [w.strip() for w in line.split(",") if w.strip()]
-        if words:
-            syn[words[0]] = words
+    syn = _synonym_table(world)
     cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     examples, present = [], []
     for img_id in sorted(coco.getImgIds()):
@@ -317,7 +323,6 @@ def scene_lm_texts(world: Any, records: list[dict], lookup_per_image: int,
     a scene that lacks it, which is the prior that makes the VLM hallucinate.
     """
     import random
-    from collections import defaultdict
 
     from visalign.data.coco import load_coco_instances
     from visalign.world.text import EXISTENCE_QUESTIONS
@@ -326,11 +331,7 @@ def scene_lm_texts(world: Any, records: list[dict], lookup_per_image: int,
     rng = random.Random(f"{seed}:scene-lm")
     coco = load_coco_instances(world.instances_path("train"))
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
-    syn: dict[str, list[str]] = {}
-    for line in Path(world.synonyms_path).read_text().splitlines():
-        words = [w.strip() for w in line.split(",") if w.strip()]
-        if words:
-            syn[words[0]] = words
+    syn = _synonym_table(world)
     by_file: dict[str, tuple[str, list[dict]]] = {}
     for img_id in coco.getImgIds():
         info = coco.loadImgs(img_id)[0]
@@ -373,10 +374,11 @@ def _text_collate(tok: Any):
         full = [p + a if a else p + tok.eos_token for p, a in items]
         enc = tok(full, padding=True, truncation=True, max_length=256, return_tensors="pt")
         labels = enc["input_ids"].clone()
-        for i, (p, a) in enumerate(items):
-            if a:
-                n = len(tok(p, truncation=True, max_length=256)["input_ids"])
-                labels[i, :n] = -100
+        split = [i for i, (_, a) in enumerate(items) if a]
+        if split:
+            prompts = tok([items[i][0] for i in split], truncation=True, max_length=256)
+            for i, ids in zip(split, prompts["input_ids"]):
+                labels[i, :len(ids)] = -100
         labels[enc["attention_mask"] == 0] = -100
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                 "labels": labels}
