@@ -152,11 +152,13 @@ def test_loss_decreases_on_a_repeated_tiny_batch(tiny_llava_dir, data_dir, tmp_p
     assert losses[-1] < 0.8 * losses[0] and min(losses[:2]) > max(losses[-2:])
 
 
-def test_resume_continues_from_checkpoint(tiny_llava_dir, data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_resume_continues_from_checkpoint(tiny_llava_dir, data_dir, tmp_path, monkeypatch,
+                                          group_by_length):
     """A run killed at step 3 resumes from the step-2 checkpoint and ends where an
     uninterrupted run ends (same weights), logging only steps 3-4 the second time."""
     kw = dict(batch_size=1, max_steps=4, save_every=2, trainable="full", lr=1e-3,
-              image_root=str(data_dir))
+              image_root=str(data_dir), group_by_length=group_by_length)
     full = train_sft(_cfg(tiny_llava_dir, data_dir / "data.json", tmp_path / "a", **kw))
 
     real = sft_mod.sft_loss_fn
@@ -189,6 +191,41 @@ def test_resume_continues_from_checkpoint(tiny_llava_dir, data_dir, tmp_path, mo
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert [r["loss"] for r in _log(tmp_path / "a")][2:] == pytest.approx(
         [r["loss"] for r in _log(out)][2:], rel=1e-5)
+
+
+def test_length_grouping_reshuffles_every_epoch(tiny_llava_dir, data_dir, tmp_path,
+                                                monkeypatch):
+    """accelerate's loader passes each epoch to the length-grouped sampler and serves its
+    batches in its order, each epoch covering the data once."""
+    from visalign import training
+
+    seen: list[list[str]] = []
+    real = sft_mod.make_collate
+
+    def recording(*a, **k):
+        inner = real(*a, **k)
+
+        def collate(items):
+            seen.append([it["id"] for it in items])
+            return inner(items)
+        return collate
+
+    monkeypatch.setattr(sft_mod, "make_collate", recording)
+    epochs: list[int] = []
+    real_set = training.LengthGroupedSampler.set_epoch
+    monkeypatch.setattr(training.LengthGroupedSampler, "set_epoch",
+                        lambda self, e: (epochs.append(e), real_set(self, e))[1])
+    train_sft(_cfg(tiny_llava_dir, data_dir / "data.json", tmp_path / "run", batch_size=2,
+                   max_steps=6, image_root=str(data_dir), group_by_length=True))
+    assert sorted(set(epochs)) == [0, 1, 2]  # accelerate may repeat a call; the values count
+    per_epoch = [sum(seen[i:i + 2], []) for i in range(0, 6, 2)]
+    assert all(sorted(ep) == ["r0", "r1", "r2", "r3"] for ep in per_epoch)
+    # the loader serves exactly the sampler's batches of each epoch
+    recs = json.loads((data_dir / "data.json").read_text())
+    sampler = training.LengthGroupedSampler([training.item_length(r) for r in recs], 2, seed=0)
+    for e, got in enumerate(per_epoch):
+        real_set(sampler, e)
+        assert got == [recs[i]["id"] for b in sampler.batches() for i in b]
 
 
 def test_cli_presets_resolve(tiny_llava_dir, data_dir, tmp_path):
