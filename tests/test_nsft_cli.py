@@ -82,6 +82,30 @@ def test_build_with_llm_judge_over_local_endpoint(files, monkeypatch):
         srv.close()
 
 
+def test_library_model_answers_then_build_matches_cli(files, tiny_llava_dir):
+    from PIL import Image
+
+    from visalign.methods.nsft_data import (AnnotationJudge, GroundTruth, NsftDataConfig,
+                                            build_nsft_data, model_answers)
+
+    for i, rgb in ((1, (200, 40, 40)), (2, (240, 240, 240))):
+        Image.new("RGB", (32, 32), rgb).save(files / f"img{i}.png")
+    out = files / "cli"
+    assert main(["nsft", "build", "--data", str(files / "data.json"), "--model",
+                 str(tiny_llava_dir), "--instances", str(files / "instances.json"),
+                 "--out", str(out), "max_new_tokens=4", "batch_size=4", "device=cpu"]) == 0
+    cfg = NsftDataConfig(max_new_tokens=4, batch_size=4, device="cpu")
+    answers = model_answers(str(tiny_llava_dir), RECORDS, files / "lib_answers.jsonl", cfg,
+                            image_root=files)
+    assert [(a["id"], a["answer"]) for a in answers] == \
+        [(a["id"], a["answer"]) for a in read_jsonl(out / "answers.jsonl")]
+    data, _ = build_nsft_data(RECORDS, answers,
+                              GroundTruth.from_files(files / "instances.json"), cfg,
+                              AnnotationJudge(cfg))
+    # compared as JSON: the errors' tuples are lists in the file
+    assert json.loads(json.dumps(data)) == json.loads((out / "nsft.json").read_text())
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end on a tiny micro-world with the tiny LLaVA
 # ---------------------------------------------------------------------------------------------

@@ -571,6 +571,51 @@ def test_cli_pairs_povid(tiny_data, tiny_llava_dir, tmp_path):
     assert stats["stage1_pairs"] == 2
 
 
+@pytest.mark.parametrize("method,overrides", [("gt-dpo", {}),
+                                              ("seva", {"noise_step": 800, "noise_resize": 32})])
+def test_library_build_method_pairs_matches_cli(tiny_data, tiny_llava_dir, tmp_path, method,
+                                                overrides):
+    from visalign.methods.pair_sources import PairModel, build_method_pairs
+
+    cli_out = tmp_path / "cli" / "pairs.jsonl"
+    cli_pairs, cli_stats = _run_pairs(method, tiny_data, tiny_llava_dir, cli_out,
+                                      *(f"{k}={v}" for k, v in overrides.items()))
+    records = json.loads((tiny_data / "data.json").read_text())
+    cfg = P.PairsConfig(max_new_tokens=4, batch_size=4, **overrides)
+    # A model dir (loaded inside) and a loaded PairModel, shared by calls, give the same pairs.
+    for model in (str(tiny_llava_dir), PairModel(tiny_llava_dir, cfg, tiny_data)):
+        work = tmp_path / f"lib_{type(model).__name__}"
+        pairs, stats = build_method_pairs(method, records, cfg=cfg, model=model,
+                                          work_dir=work, image_root=tiny_data)
+        assert (work / "answers.jsonl").is_file()
+        # noised images live in each work dir: compare their names, not their dirs
+        assert [{**p, "rejected_image": Path(p["rejected_image"]).name} if "rejected_image" in p
+                else p for p in P.validate_pairs(pairs)] == \
+            [{**p, "rejected_image": Path(p["rejected_image"]).name} if "rejected_image" in p
+             else p for p in cli_pairs]
+        assert stats == {k: v for k, v in cli_stats.items() if k != "inputs"}
+
+
+def test_library_build_method_pairs_inputs(tiny_data):
+    from visalign.config import ConfigError
+    from visalign.methods.pair_sources import build_method_pairs
+
+    records = json.loads((tiny_data / "data.json").read_text())
+    pairs, stats = build_method_pairs("gt-dpo", records, answers={"r1": "A dog."})
+    assert [(p["id"], p["rejected"]) for p in pairs] == [("r1", "A dog.")]
+    assert stats["skipped_no_answer_ids"] == ["r2"]
+    for method, kwargs, msg in [("sima", {}, "need a model"),
+                                ("gt-dpo", {}, "give a model or answers"),
+                                ("seva", {"answers": {}}, "give a model or noisy_answers"),
+                                ("povid", {}, "give a model or noisy_answers"),
+                                ("dpo", {}, "unknown method")]:
+        with pytest.raises(ConfigError, match=msg):
+            build_method_pairs(method, records, **kwargs)
+    # POVID stage 1 alone needs no model
+    pairs, _ = build_method_pairs("povid", records, cfg=P.PairsConfig(povid_stages=[1]))
+    assert pairs and all(p["meta"]["stage"] == 1 for p in pairs)
+
+
 def test_cli_pairs_needs_model_or_answers(tiny_data, tmp_path, capsys):
     from visalign.cli import main
 

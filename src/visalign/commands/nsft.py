@@ -48,7 +48,8 @@ def _build(args: argparse.Namespace) -> int:
     from visalign.config import ConfigError, load_config, save_run_config
     from visalign.io import atomic_write_text, read_jsonl, read_records, write_json
     from visalign.methods.nsft_data import (AnnotationJudge, GroundTruth, LLMJudge,
-                                            NsftDataConfig, build_nsft_data, report_markdown)
+                                            NsftDataConfig, build_nsft_data, model_answers,
+                                            report_markdown)
 
     cfg = load_config(NsftDataConfig, args.config, args.overrides)
     if args.judge:
@@ -70,15 +71,11 @@ def _build(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     if args.model:
-        from visalign.models.generation import GenerationConfig, generate_answers
-
         answers_path = out / "answers.jsonl"
-        gcfg = GenerationConfig(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                                image_root=image_root, dtype=cfg.dtype, device=cfg.device)
-        generate_answers(args.model, records, answers_path, cfg=gcfg)
+        answers = model_answers(args.model, records, answers_path, cfg, image_root=image_root)
     else:
         answers_path = Path(args.answers)
-    answers = read_jsonl(answers_path, tolerate_partial_last_line=True)
+        answers = read_jsonl(answers_path, tolerate_partial_last_line=True)
 
     try:
         data, report = build_nsft_data(records, answers, gt, cfg, judge)

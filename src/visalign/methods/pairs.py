@@ -31,6 +31,9 @@ Train a pair file with ``visalign train dpo --pairs FILE [--preset gt-dpo|seva|s
 
 Builders (each returns ``(pairs, stats)``; stats count what was skipped and why)
 -------------------------------------------------------------------------------
+They take the responses as given; :func:`visalign.methods.pair_sources.build_method_pairs`
+generates them with a model first (``visalign pairs <method>`` from Python).
+
 * :func:`build_gt_dpo_pairs` — chosen = ground-truth answer, rejected = the model's greedy
   answer (nSFT paper's GT-DPO baseline). Pairs identical after normalisation are skipped.
 * :func:`build_seva_pairs` — SeVa: chosen = the model's answer on the original image, rejected
