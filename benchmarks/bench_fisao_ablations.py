@@ -1,5 +1,6 @@
 """FiSAO ablations on the micro-world (seed 004, Sec. 4.3): margin λ sweep and sentence-level
-reward; prints one JSON object with a markdown table.
+reward, plus a learning-rate sensitivity run (how far PPO moves the policy); prints one JSON
+object with a markdown table.
 
 Starts from a finished demo/compare dir (its world, base model and verifier calibration), trains
 FiSAO once per setting with the grid's trainer settings, and evaluates every model with the
@@ -7,7 +8,7 @@ grid's suite, so the rows compare with the demo's. Each setting is its own resum
 ``--out``.
 
     python benchmarks/bench_fisao_ablations.py --demo demo_out --out runs/fisao_ablations \
-        [--lams 0 0.05 0.1 0.2] [--size 300]
+        [--lams 0 0.05 0.1 0.2] [--size 300] [--lrs 3e-4 1e-3]
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/fisao_ablations")
     ap.add_argument("--lams", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
     ap.add_argument("--size", type=int, default=300)
+    ap.add_argument("--lrs", type=float, nargs="*", default=[3e-4, 1e-3],
+                    help="extra token-level λ=0 runs at these learning rates: how far the "
+                    "policy moves (approx. KL, clip fraction) and what that does to CHAIR; a "
+                    "sensitivity analysis, not a tuned default")
     args = ap.parse_args(argv)
 
     from visalign.compare import CompareConfig, run_compare
@@ -39,9 +44,10 @@ def main(argv: list[str] | None = None) -> dict:
                                        "sentence_calibration": str(
                                            demo / "fisao_calibration" /
                                            "calibration_sentence.json")}))
+    settings += [(f"token, λ=0, lr={lr:g}", {"lam": 0.0, "lr": lr}) for lr in args.lrs]
     rows, base_row = [], None
     for name, over in settings:
-        tag = name.replace(", ", "_").replace("λ=", "lam").replace(" ", "")
+        tag = name.replace(", ", "_").replace("λ=", "lam").replace("lr=", "lr").replace(" ", "")
         d = dict(config_to_dict(base_cfg))
         d.update(out=str(Path(args.out) / tag), world=str(demo / "world"),
                  base_model=str(demo / "base"), methods=["fisao"], data_sizes=[args.size],
@@ -57,7 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"setting": name, **{k: round(m[k], 4) for k in
                                           ("chair", "chair_s", "chair_i", "recall", "pope_f1",
                                            "qa_accuracy")},
-                     "verifier_share_of_rollout": summ.get("verifier_share_of_rollout")})
+                     "verifier_share_of_rollout": summ.get("verifier_share_of_rollout"),
+                     # how far the last PPO update moved the policy
+                     **{k: summ.get("last", {}).get(k) for k in
+                        ("approx_kl", "clip_fraction", "mean_reward", "pos_share", "neg_share")}})
     keys = ["chair", "chair_s", "chair_i", "recall", "pope_f1", "qa_accuracy"]
     table = ["| setting | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|",
              "| base | " + " | ".join(f"{100 * base_row[k]:.1f}" for k in keys) + " |"]

@@ -1,0 +1,61 @@
+"""Which CHAIR changes in a finished grid are more than resampling noise? Prints one JSON object.
+
+For every cell of a ``visalign compare``/``demo`` dir: CHAIR_s, CHAIR_i and CHAIR minus the base
+model's on the same held-out prompts, with a paired bootstrap 95 % interval over images
+(``visalign.eval.significance``) and the relative change of CHAIR the papers report.
+
+    python benchmarks/bench_significance.py --grid demo_out [--n-boot 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", default="demo_out", help="finished compare/demo dir")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    args = ap.parse_args(argv)
+
+    from visalign.eval.significance import paired_chair_bootstrap
+
+    cells = Path(args.grid) / "cells"
+    base_path = cells / "base" / "eval" / "chair.json"
+    if not base_path.exists():
+        raise SystemExit(f"{base_path} not found: is {args.grid} a finished grid?")
+    base = json.loads(base_path.read_text())["captions"]
+    rows = []
+    for d in sorted(p for p in cells.iterdir() if p.name != "base"):
+        f = d / "eval" / "chair.json"
+        if not f.exists():
+            continue
+        r = paired_chair_bootstrap(base, json.loads(f.read_text())["captions"],
+                                   n_boot=args.n_boot)
+        rows.append({"cell": d.name, "n": r["n"],
+                     "chair": round(r["other"]["chair"], 4),
+                     "rel_change_chair": round(r["delta"]["chair"] / r["base"]["chair"], 4)
+                     if r["base"]["chair"] else None,
+                     **{f"delta_{k}": round(v, 4) for k, v in r["delta"].items()},
+                     **{f"ci95_{k}": [round(x, 4) for x in v] for k, v in r["ci"].items()},
+                     "p_lower_chair": round(r["p_lower"]["chair"], 4)})
+    table = ["| cell | CHAIR | Δ CHAIR (95 % CI) | rel. | Δ CHAIR_s (95 % CI) | P(lower) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        c, s = r["ci95_chair"], r["ci95_chair_s"]
+        table.append(f"| {r['cell']} | {100 * r['chair']:.1f} | {100 * r['delta_chair']:+.1f} "
+                     f"[{100 * c[0]:+.1f}, {100 * c[1]:+.1f}] | "
+                     f"{100 * (r['rel_change_chair'] or 0):+.0f} % | "
+                     f"{100 * r['delta_chair_s']:+.1f} [{100 * s[0]:+.1f}, {100 * s[1]:+.1f}] | "
+                     f"{r['p_lower_chair']:.2f} |")
+    bm = paired_chair_bootstrap(base, base, n_boot=1)["base"]
+    report = {"grid": str(args.grid), "base": {k: round(v, 4) for k, v in bm.items()},
+              "n_boot": args.n_boot, "rows": rows, "table_md": "\n".join(table)}
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return report
+
+
+if __name__ == "__main__":
+    main()
