@@ -14,8 +14,10 @@ grid's suite, so the rows compare with the demo's. Each setting is its own resum
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -53,7 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
                  base_model=str(demo / "base"), methods=["fisao"], data_sizes=[args.size],
                  fisao_calibration=str(calib), progress=False,
                  fisao={**base_cfg.fisao, **over})
-        res = run_compare(load_config(CompareConfig, None, d))
+        # the grid's commands print progress lines; stdout is this script's JSON alone
+        with contextlib.redirect_stdout(sys.stderr):
+            res = run_compare(load_config(CompareConfig, None, d))
         if res["failures"]:
             raise RuntimeError(f"{name}: {res['failures']}")
         base_row = base_row or res["rows"][0]["metrics"]

@@ -1,0 +1,110 @@
+"""nSFT ablations on the micro-world: the paper's construction against keeping the GT description
+and a per-token KL to the reference; prints one JSON object with a markdown table.
+
+Starts from a finished demo/compare dir (its world and base model), trains nSFT once per setting
+with the grid's trainer settings and evaluates every model with the grid's suite, so the rows
+compare with the demo's. Besides CHAIR and POPE it reports where the model's yes/no decision
+sits: the mean log-odds log P(Yes) − log P(No) over the random-split POPE questions and their
+AUROC (``visalign.eval.grounding.yes_no_scores``): a shift of the mean with a steady AUROC is a
+bias toward one answer, not lost grounding.
+
+    python benchmarks/bench_nsft_ablations.py --demo demo_out --out runs/nsft_ablations [--size 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+SETTINGS = [
+    ("paper construction", {}, {}),
+    ("+ GT description kept (keep_gt_long)", {"keep_gt_long": True}, {}),
+    ("+ per-token KL to the reference (ξ=1)", {}, {"kl_coef": 1.0}),
+]
+
+
+def yes_no_probe(model_dir: str, pope_answers: Path, limit: int = 240) -> dict:
+    """Mean log-odds of "Yes" and its AUROC on the POPE questions of an answers file."""
+    import numpy as np
+    from PIL import Image
+
+    from visalign.eval.grounding import yes_no_scores
+    from visalign.models import load_vlm
+    from visalign.verifier.calibration import auroc
+
+    recs = [json.loads(ln) for ln in pope_answers.read_text().splitlines() if ln.strip()][:limit]
+    vlm = load_vlm(model_dir)
+    ims = [Image.open(r["image"]).convert("RGB") for r in recs]
+    s = np.array(yes_no_scores(vlm, ims, [r["question"] for r in recs]))
+    y = np.array([r["label"] == "yes" for r in recs])
+    return {"mean_log_odds_yes": round(float(s.mean()), 4),
+            "auroc": round(float(auroc(s[y].tolist(), s[~y].tolist())), 4),
+            "accuracy_at_0": round(float(((s > 0) == y).mean()), 4), "n": len(recs)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--demo", default="demo_out", help="finished `visalign demo` dir")
+    ap.add_argument("--out", default="runs/nsft_ablations")
+    ap.add_argument("--size", type=int, default=300)
+    args = ap.parse_args(argv)
+
+    from visalign.compare import CompareConfig, run_compare
+    from visalign.config import config_to_dict, load_config
+
+    demo = Path(args.demo)
+    base_cfg = load_config(CompareConfig, demo / "config.yaml")
+    rows, base_row, base_probe = [], None, None
+    for name, data_over, sft_over in SETTINGS:
+        tag = "".join(ch if ch.isascii() and ch.isalnum() else "_" for ch in name).strip("_")
+        d = dict(config_to_dict(base_cfg))
+        d.update(out=str(Path(args.out) / tag), world=str(demo / "world"),
+                 base_model=str(demo / "base"), methods=["nsft"], data_sizes=[args.size],
+                 progress=False, nsft_data={**base_cfg.nsft_data, **data_over},
+                 sft={**base_cfg.sft, **sft_over})
+        # the grid's commands print progress lines; stdout is this script's JSON alone
+        with contextlib.redirect_stdout(sys.stderr):
+            res = run_compare(load_config(CompareConfig, None, d))
+        if res["failures"]:
+            raise RuntimeError(f"{name}: {res['failures']}")
+        cells = Path(d["out"]) / "cells"
+        base_row = base_row or res["rows"][0]["metrics"]
+        if base_probe is None:
+            base_probe = yes_no_probe(str(demo / "base"),
+                                      cells / "base" / "eval" / "answers_pope_random.jsonl")
+        m = res["rows"][1]["metrics"]
+        cell = cells / f"nsft-{args.size}"
+        rep = json.loads((cell / "nsft_data" / "report.json").read_text())
+        rows.append({"setting": name,
+                     **{k: round(m[k], 4) for k in ("chair", "chair_s", "chair_i", "recall",
+                                                    "avg_len", "pope_f1", "qa_accuracy")},
+                     "yes_no": yes_no_probe(str(cell / "train" / "model"),
+                                            cell / "eval" / "answers_pope_random.jsonl"),
+                     "data_yes_ratio": rep["yes_no"]["after"]["yes_ratio"],
+                     "doubled_no_pairs": rep["yes_no"]["doubled"]["no"]})
+    keys = ["chair", "chair_s", "chair_i", "recall", "pope_f1"]
+    head = "| setting | " + " | ".join(keys) + " | avg. words | yes log-odds | yes/no AUROC |"
+    table = [head, "|---" * (len(keys) + 4) + "|",
+             "| base | " + " | ".join(f"{100 * base_row[k]:.1f}" for k in keys)
+             + f" | {base_row['avg_len']:.1f} | {base_probe['mean_log_odds_yes']:+.2f} | "
+             f"{base_probe['auroc']:.3f} |"]
+    table += ["| " + r["setting"] + " | " + " | ".join(f"{100 * r[k]:.1f}" for k in keys)
+              + f" | {r['avg_len']:.1f} | {r['yes_no']['mean_log_odds_yes']:+.2f} | "
+              f"{r['yes_no']['auroc']:.3f} |" for r in rows]
+    report = {"base": {**{k: round(base_row[k], 4) for k in keys + ["avg_len"]},
+                       "yes_no": base_probe},
+              "rows": rows, "table_md": "\n".join(table),
+              "command": f"python benchmarks/bench_nsft_ablations.py --demo {args.demo} "
+                         f"--out {args.out} --size {args.size}"}
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return report
+
+
+if __name__ == "__main__":
+    main()
