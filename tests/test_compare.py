@@ -111,6 +111,16 @@ def test_tiny_grid_runs_every_method(tiny_grid):
     assert (out / "results.csv").exists() and (out / "figures" / "methods.png").exists()
     report = (out / "report.md").read_text()
     assert "figures/methods.png" in report
+    # every cell's CHAIR change against the base, with its interval, matches the rows
+    deltas = {d["cell"]: d for d in saved["analysis"]["chair_vs_base"]}
+    assert set(deltas) == {f"{m}-8" for m in METHODS}
+    base_m = res["rows"][0]["metrics"]
+    for r in res["rows"][1:]:
+        d = deltas[f"{r['method']}-8"]
+        assert d["delta"]["chair_s"] == pytest.approx(r["metrics"]["chair_s"] - base_m["chair_s"])
+        assert d["ci"]["chair"][0] <= d["delta"]["chair"] + 1e-9 <= d["ci"]["chair"][1] + 2e-9
+    assert (out / "figures" / "chair_vs_base.png").exists()
+    assert "figures/chair_vs_base.png" in report
     assert (out / "fisao_calibration" / "calibration.json").read_text() == calib_text(cfg)
     assert (out / "config.yaml").exists()
 

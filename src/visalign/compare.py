@@ -209,7 +209,7 @@ def _trainer_cfg(kind: str, method: str, cfg: CompareConfig, flags: dict) -> Any
 def run_compare(cfg: CompareConfig) -> dict:
     """Run (or resume) the grid; returns the ``results.json`` content."""
     from visalign.eval.suite import evaluate_model
-    from visalign.report import plot_methods, report_markdown, write_results
+    from visalign.report import plot_chair_deltas, plot_methods, report_markdown, write_results
     from visalign.world import build_world, load_world, world_config
 
     unknown = [m for m in cfg.methods if m not in METHODS]
@@ -290,6 +290,12 @@ def run_compare(cfg: CompareConfig) -> dict:
     plot_methods(rows, figs_dir / "methods.png")
     figures["Hallucination metrics per method"] = "figures/methods.png"
     analysis: dict[str, Any] = {}
+    deltas = _chair_vs_base(cells, rows)
+    if deltas:
+        analysis["chair_vs_base"] = deltas
+        plot_chair_deltas(deltas, figs_dir / "chair_vs_base.png")
+        figures["CHAIR change against the base (95 % paired bootstrap interval over images)"] = \
+            "figures/chair_vs_base.png"
     if "fisao" in cfg.methods and (calib_dir / "calibration_report.json").exists():
         rep = read_json(calib_dir / "calibration_report.json")
         analysis["calibration"] = {k: rep.get(k) for k in (
@@ -333,6 +339,29 @@ def run_compare(cfg: CompareConfig) -> dict:
     notes += [f"{k}: {v}" for k, v in analysis.get("calibration", {}).items() if v is not None]
     atomic_write_text(out / "report.md", report_markdown(rows, figures, st.times, notes))
     return results
+
+
+def _chair_vs_base(cells: Path, rows: list[dict]) -> list[dict]:
+    """Every cell's CHAIR change against the base on the same held-out descriptions, with a
+    paired bootstrap interval (CHAIR on ~150 captions moves by a few points by chance)."""
+    from visalign.eval.significance import paired_chair_bootstrap
+
+    base = cells / "base" / "eval" / "chair.json"
+    if not base.exists():
+        return []
+    base_caps = read_json(base)["captions"]
+    out = []
+    for r in rows:
+        if r["method"] == "base":
+            continue
+        name = f"{r['method']}-{r['data_size']}"
+        f = cells / name / "eval" / "chair.json"
+        if not f.exists():
+            continue
+        b = paired_chair_bootstrap(base_caps, read_json(f)["captions"], n_boot=1000)
+        out.append({"cell": name, "n": b["n"], "delta": b["delta"], "ci": b["ci"],
+                    "p_lower": b["p_lower"]})
+    return out
 
 
 def _cell(st: _Stages, d: Path, method: str, size: int, train: Callable[[Path], str],

@@ -111,14 +111,45 @@ def plot_methods(rows: list[dict], path: str | Path,
     labels = [r["method"] + (f"-{r['data_size']}" if r.get("data_size") else "") for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys) * len(rows) / 3), 4))
     width = 0.8 / max(1, len(rows))
+    # tab10 repeats after 10 bars (the full grid has 15): one distinct colour per bar
+    cmap = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
     for i, (r, lab) in enumerate(zip(rows, labels)):
         vals = [100 * r["metrics"].get(k, 0.0) for k in keys]
-        ax.bar([j + i * width for j in range(len(keys))], vals, width, label=lab)
+        ax.bar([j + i * width for j in range(len(keys))], vals, width, label=lab,
+               color=cmap(i % cmap.N))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
     ax.set_xticklabels([k.upper().replace("_", " ") for k in keys])
     ax.set_ylabel("%")
     ax.set_title("Hallucination metrics per method (CHAIR: lower is better)")
     ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_chair_deltas(deltas: list[dict], path: str | Path, metric: str = "chair") -> Path:
+    """Forest plot: each cell's CHAIR change against the base with its 95 % interval
+    (``deltas``: ``{"cell", "delta": {metric: x}, "ci": {metric: [lo, hi]}}``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(deltas) + 1.2))
+    for y, d in enumerate(reversed(deltas)):
+        x, (lo, hi) = 100 * d["delta"][metric], d["ci"][metric]
+        better = hi < 0
+        worse = lo > 0
+        color = "tab:green" if better else "tab:red" if worse else "tab:gray"
+        ax.plot([100 * lo, 100 * hi], [y, y], color=color, lw=2)
+        ax.plot([x], [y], "o", color=color)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(deltas)))
+    ax.set_yticklabels([d["cell"] for d in reversed(deltas)])
+    ax.set_xlabel(f"{metric.upper().replace('_', ' ')} − base (points; < 0 is better), "
+                  "95 % paired bootstrap interval")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
