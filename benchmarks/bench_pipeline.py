@@ -18,8 +18,10 @@ then reports
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.out)
     t = time.time()
-    results = run_compare(demo_config(str(out), args.overrides))
+    # the grid's commands print progress lines; stdout is this script's JSON alone
+    with contextlib.redirect_stdout(sys.stderr):
+        results = run_compare(demo_config(str(out), args.overrides))
     wall = time.time() - t
     world = load_world(out / "world")
     report = {

@@ -267,3 +267,58 @@ def test_missing_image_names_the_record_before_loading_the_model(data_dir, tmp_p
         train_sft(_cfg(tmp_path / "no-such-model", tmp_path / "bad.json", tmp_path / "run",
                        image_root=str(data_dir)))
     assert "nope.png" in str(ei.value) and "image" in str(ei.value)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tiny_llava_dir, tmp_path):
+    """`accelerate launch` on 2 CPU processes (gloo) with batch 1 each follows the 1-process
+    run with batch 2: same losses, the same LR at every step (the scheduler steps once per
+    synchronised step, not once per process) and the same weights."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from _tiny import solid_images
+
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "data"
+    root.mkdir()
+    recs = []
+    for i, im in enumerate(solid_images(4)):
+        im.save(root / f"{i}.png")
+        # one answer text: equal token counts, so per-process means equal the global mean
+        recs.append({"id": f"r{i}", "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is shown?"},
+            {"from": "gpt", "value": "A ball."}]})
+    write_json(root / "data.json", recs)
+    kw = dict(max_steps=4, lr=1e-2, warmup_ratio=0.25, schedule="cosine", trainable="full",
+              image_root=str(root), save_merged=True)
+    one = train_sft(_cfg(tiny_llava_dir, root / "data.json", tmp_path / "one", batch_size=2,
+                         **kw))
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = tmp_path / "two"
+    over = [f"{k}={v}" for k, v in {**kw, "batch_size": 1, "log_every": 1, "progress": False,
+                                     "lora.r": 4, "lora.alpha": 8}.items()
+            if k != "image_root"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(repo / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port",
+           str(port), "-m", "visalign.cli", "train", "sft", "--model", str(tiny_llava_dir),
+           "--data", str(root / "data.json"), "--image-root", str(root), "--out", str(two),
+           *over]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+
+    log1, log2 = _log(tmp_path / "one"), _log(two)
+    assert [r["step"] for r in log1] == [r["step"] for r in log2] == [1, 2, 3, 4]
+    # 4 steps, 1 of warm-up, cosine: the LR logged after step k is the peak times
+    # (1 + cos(π (k-1) / 3)) / 2, i.e. 1, .75, .25, 0 of it
+    assert [r["lr"] for r in log1] == pytest.approx([1e-2, 7.5e-3, 2.5e-3, 0.0], abs=1e-9)
+    assert [r["lr"] for r in log2] == pytest.approx([r["lr"] for r in log1], abs=1e-12)
+    assert [r["loss"] for r in log2] == pytest.approx([r["loss"] for r in log1], rel=1e-4)
+    w1, w2 = _weights(one.model_dir), _weights(two / "model")
+    assert w1.keys() == w2.keys()
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-4) for k in w1)

@@ -312,8 +312,15 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
             if not acc.sync_gradients:
                 continue
             state["step"] += 1
-            stats = {k: float(v) for k, v in stats.items()}
-            stats["loss"] = float(loss.detach())
+            # the mean over processes: a log that shows process 0's micro-batch alone would
+            # differ from the 1-process run of the same global batch
+            names = ["loss", *stats]
+            vals = torch.stack([loss.detach().float().reshape(()),
+                                *[torch.as_tensor(v, dtype=torch.float32).detach().reshape(())
+                                  for v in stats.values()]]).to(acc.device)
+            if acc.num_processes > 1:
+                vals = acc.reduce(vals, reduction="mean")
+            stats = dict(zip(names, (float(v) for v in vals.cpu())))
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
