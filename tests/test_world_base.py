@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_tiny_base_end_to_end(tiny_base_dir):
     from transformers import CLIPModel, LlavaForConditionalGeneration
@@ -145,3 +147,15 @@ def test_scene_lm_texts_state_the_truth(tiny_world_dir, tiny_base_dir):
         a="A")
     assert tok.apply_chat_template(msgs[:1], tokenize=False,
                                    add_generation_prompt=True) == p_fmt.format(q="Q?")
+
+
+@pytest.mark.parametrize("argv, seed", [
+    ([], 0), (["seed=3"], 3), (["--seed", "5"], 5), (["--seed", "5", "seed=3"], 5)])
+def test_world_base_cli_seed_resolution(argv, seed):
+    """`seed=N` counts unless --seed is given (a --seed default once overrode it silently)."""
+    from visalign.cli import build_parser
+    from visalign.commands.world import base_config_from_args
+
+    args = build_parser().parse_args(["world", "base", "--world", "W", "--out", "M", *argv])
+    cfg = base_config_from_args(args)
+    assert (cfg.seed, cfg.world, cfg.out) == (seed, "W", "M")

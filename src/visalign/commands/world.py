@@ -83,20 +83,31 @@ def _register_base(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, help="model dir to write")
     b.add_argument("--preset", default="small", choices=["small", "tiny"],
                    help="model/epoch sizes: small (default, minutes) or tiny (tests, seconds)")
-    b.add_argument("--seed", type=int, default=0, help="seed of every stage")
+    b.add_argument("--seed", type=int, default=None,
+                   help="seed of every stage (overrides config and seed=...; default 0)")
     add_config_args(b)
     b.set_defaults(func=_base)
 
 
-def _base(args: argparse.Namespace) -> int:
+def base_config_from_args(args: argparse.Namespace):
+    """The resolved ``BaseModelConfig`` of a ``visalign world base`` command line."""
     from visalign.config import load_config
-    from visalign.world.base import BaseModelConfig, base_config, build_base_model
+    from visalign.world.base import BaseModelConfig, base_config
 
     cfg = base_config(args.preset, args.overrides)
     if args.config:
         cfg = load_config(BaseModelConfig, args.config, args.overrides, base=cfg)
-    cfg = load_config(BaseModelConfig, None, {"world": args.world, "out": args.out,
-                                              "seed": args.seed}, base=cfg)
+    # --seed only when given: a default here used to override `seed=N` silently
+    given = {"world": args.world, "out": args.out}
+    if args.seed is not None:
+        given["seed"] = args.seed
+    return load_config(BaseModelConfig, None, given, base=cfg)
+
+
+def _base(args: argparse.Namespace) -> int:
+    from visalign.world.base import build_base_model
+
+    cfg = base_config_from_args(args)
     result = build_base_model(cfg)
     m = result["metrics"]
     keys = ("chair_s", "chair_i", "chair", "recall", "pope_random_accuracy",
