@@ -20,27 +20,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args(argv)
 
-    from visalign.eval.significance import paired_chair_bootstrap
+    from visalign.compare import chair_vs_base
 
     cells = Path(args.grid) / "cells"
-    base_path = cells / "base" / "eval" / "chair.json"
-    if not base_path.exists():
-        raise SystemExit(f"{base_path} not found: is {args.grid} a finished grid?")
-    base = json.loads(base_path.read_text())["captions"]
-    rows = []
-    for d in sorted(p for p in cells.iterdir() if p.name != "base"):
-        f = d / "eval" / "chair.json"
-        if not f.exists():
-            continue
-        r = paired_chair_bootstrap(base, json.loads(f.read_text())["captions"],
-                                   n_boot=args.n_boot)
-        rows.append({"cell": d.name, "n": r["n"],
-                     "chair": round(r["other"]["chair"], 4),
-                     "rel_change_chair": round(r["delta"]["chair"] / r["base"]["chair"], 4)
-                     if r["base"]["chair"] else None,
-                     **{f"delta_{k}": round(v, 4) for k, v in r["delta"].items()},
-                     **{f"ci95_{k}": [round(x, 4) for x in v] for k, v in r["ci"].items()},
-                     "p_lower_chair": round(r["p_lower"]["chair"], 4)})
+    if not (cells / "base" / "eval" / "chair.json").exists():
+        raise SystemExit(f"{cells / 'base' / 'eval' / 'chair.json'} not found: is {args.grid} "
+                         "a finished grid?")
+    names = sorted(p.name for p in cells.iterdir() if p.is_dir() and p.name != "base")
+    results = chair_vs_base(cells, names, n_boot=args.n_boot)
+    rows = [{"cell": r["cell"], "n": r["n"],
+             "chair": round(r["other"]["chair"], 4),
+             "rel_change_chair": round(r["delta"]["chair"] / r["base"]["chair"], 4)
+             if r["base"]["chair"] else None,
+             **{f"delta_{k}": round(v, 4) for k, v in r["delta"].items()},
+             **{f"ci95_{k}": [round(x, 4) for x in v] for k, v in r["ci"].items()},
+             "p_lower_chair": round(r["p_lower"]["chair"], 4)} for r in results]
     table = ["| cell | CHAIR | Δ CHAIR (95 % CI) | rel. | Δ CHAIR_s (95 % CI) | P(lower) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
@@ -50,8 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{100 * (r['rel_change_chair'] or 0):+.0f} % | "
                      f"{100 * r['delta_chair_s']:+.1f} [{100 * s[0]:+.1f}, {100 * s[1]:+.1f}] | "
                      f"{r['p_lower_chair']:.2f} |")
-    bm = paired_chair_bootstrap(base, base, n_boot=1)["base"]
-    report = {"grid": str(args.grid), "base": {k: round(v, 4) for k, v in bm.items()},
+    base = results[0]["base"] if results else {}
+    report = {"grid": str(args.grid), "base": {k: round(v, 4) for k, v in base.items()},
               "n_boot": args.n_boot, "rows": rows, "table_md": "\n".join(table)}
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return report

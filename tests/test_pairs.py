@@ -604,7 +604,7 @@ def test_library_build_method_pairs_inputs(tiny_data):
     pairs, stats = build_method_pairs("gt-dpo", records, answers={"r1": "A dog."})
     assert [(p["id"], p["rejected"]) for p in pairs] == [("r1", "A dog.")]
     assert stats["skipped_no_answer_ids"] == ["r2"]
-    for method, kwargs, msg in [("sima", {}, "need a model"),
+    for method, kwargs, msg in [("sima", {}, "a model is required"),
                                 ("gt-dpo", {}, "give a model or answers"),
                                 ("seva", {"answers": {}}, "give a model or noisy_answers"),
                                 ("povid", {}, "give a model or noisy_answers"),

@@ -290,7 +290,8 @@ def run_compare(cfg: CompareConfig) -> dict:
     plot_methods(rows, figs_dir / "methods.png")
     figures["Hallucination metrics per method"] = "figures/methods.png"
     analysis: dict[str, Any] = {}
-    deltas = _chair_vs_base(cells, rows)
+    deltas = chair_vs_base(cells, [f"{r['method']}-{r['data_size']}" for r in rows
+                                   if r["method"] != "base"])
     if deltas:
         analysis["chair_vs_base"] = deltas
         plot_chair_deltas(deltas, figs_dir / "chair_vs_base.png")
@@ -341,9 +342,12 @@ def run_compare(cfg: CompareConfig) -> dict:
     return results
 
 
-def _chair_vs_base(cells: Path, rows: list[dict]) -> list[dict]:
-    """Every cell's CHAIR change against the base on the same held-out descriptions, with a
-    paired bootstrap interval (CHAIR on ~150 captions moves by a few points by chance)."""
+def chair_vs_base(cells: Path, names: list[str], n_boot: int = 1000) -> list[dict]:
+    """CHAIR change of each cell in ``names`` (``<method>-<size>`` dirs under ``cells``) against
+    the base on the same held-out descriptions, with a paired bootstrap interval (CHAIR on
+    ~150 captions moves by a few points by chance). Cells without a CHAIR result are left out;
+    no base result gives ``[]``. Each entry: ``cell`` plus ``paired_chair_bootstrap``'s
+    ``n``, ``base``, ``other``, ``delta``, ``ci``, ``p_lower``."""
     from visalign.eval.significance import paired_chair_bootstrap
 
     base = cells / "base" / "eval" / "chair.json"
@@ -351,16 +355,13 @@ def _chair_vs_base(cells: Path, rows: list[dict]) -> list[dict]:
         return []
     base_caps = read_json(base)["captions"]
     out = []
-    for r in rows:
-        if r["method"] == "base":
-            continue
-        name = f"{r['method']}-{r['data_size']}"
+    for name in names:
         f = cells / name / "eval" / "chair.json"
         if not f.exists():
             continue
-        b = paired_chair_bootstrap(base_caps, read_json(f)["captions"], n_boot=1000)
-        out.append({"cell": name, "n": b["n"], "delta": b["delta"], "ci": b["ci"],
-                    "p_lower": b["p_lower"]})
+        b = paired_chair_bootstrap(base_caps, read_json(f)["captions"], n_boot=n_boot)
+        out.append({"cell": name, **{k: b[k] for k in
+                                     ("n", "base", "other", "delta", "ci", "p_lower")}})
     return out
 
 

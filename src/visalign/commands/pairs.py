@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from visalign.commands._common import add_config_args
 
@@ -66,28 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # Handler (the work is visalign.methods.pair_sources.build_method_pairs)
 # ---------------------------------------------------------------------------------------------
 
-def _check_args(args: argparse.Namespace, cfg: Any) -> None:
-    """What a run needs besides ``--model``, checked before any model is loaded."""
-    from visalign.config import ConfigError
-
-    method = args.method
-    if args.model:
-        return
-    if method == "sima":
-        raise ConfigError("pairs sima: --model is required (the model ranks its own "
-                          "responses)")
-    if method in ("gt-dpo", "seva") and args.answers is None:
-        raise ConfigError(f"pairs {method}: give --model or --answers")
-    if (method == "seva" or (method == "povid" and 2 in cfg.povid_stages)) \
-            and args.noisy_answers is None:
-        raise ConfigError(f"pairs {method}: give --model or --noisy-answers")
-
-
 def _run(args: argparse.Namespace) -> int:
     from visalign.config import load_config, save_run_config
     from visalign.io import read_records, write_json
     from visalign.methods import pairs as P
-    from visalign.methods.pair_sources import build_method_pairs
+    from visalign.methods.pair_sources import build_method_pairs, check_inputs
 
     cfg = load_config(P.PairsConfig, args.config, args.overrides)
     method = args.method
@@ -104,12 +86,14 @@ def _run(args: argparse.Namespace) -> int:
                 "object" in cfg.povid_edits:
             print("pairs povid: object edits need --instances (COCO annotations); only "
                   "attribute and relation edits are made", file=sys.stderr)
-    _check_args(args, cfg)
+    answers = getattr(args, "answers", None)
+    noisy_answers = getattr(args, "noisy_answers", None)
+    check_inputs(method, cfg, model=args.model, answers=answers, noisy_answers=noisy_answers,
+                 cli=True)
 
     pairs, stats = build_method_pairs(
         method, records, cfg=cfg, model=args.model, work_dir=out.parent / f"{out.stem}_work",
-        image_root=image_root, answers=getattr(args, "answers", None),
-        noisy_answers=getattr(args, "noisy_answers", None),
+        image_root=image_root, answers=answers, noisy_answers=noisy_answers,
         samples=getattr(args, "samples", None), gt=gt)
 
     if not pairs:

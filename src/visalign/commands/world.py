@@ -10,8 +10,12 @@ import argparse
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from visalign.commands._common import add_config_args
+
+if TYPE_CHECKING:  # torch-free at CLI start-up
+    from visalign.world.base import BaseModelConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,7 +93,7 @@ def _register_base(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_base)
 
 
-def base_config_from_args(args: argparse.Namespace):
+def base_config_from_args(args: argparse.Namespace) -> BaseModelConfig:
     """The resolved ``BaseModelConfig`` of a ``visalign world base`` command line."""
     from visalign.config import load_config
     from visalign.world.base import BaseModelConfig, base_config

@@ -28,8 +28,6 @@ def _per_image(captions: Sequence[Mapping]) -> dict[Any, tuple[int, int, int]]:
 
 def _metrics(rows: Any) -> tuple[float, float, float]:
     """(chair_s, chair_i, chair) of a (n, 3) array of per-caption counts."""
-    import numpy as np
-
     s = float(rows[:, 0].mean()) if len(rows) else 0.0
     men = rows[:, 2].sum()
     i = float(rows[:, 1].sum() / men) if men else 0.0

@@ -22,7 +22,8 @@ from typing import Any, Mapping, Sequence
 from visalign.config import ConfigError
 from visalign.methods.pairs import METHODS, PairsConfig
 
-__all__ = ["PairModel", "build_method_pairs", "noised_records", "noise_tag", "read_samples"]
+__all__ = ["PairModel", "build_method_pairs", "check_inputs", "noised_records", "noise_tag",
+           "read_samples"]
 
 
 class PairModel:
@@ -178,20 +179,23 @@ def _rows(answers: Any) -> Any:
     return answers
 
 
-def _check_inputs(method: str, cfg: PairsConfig, model: Any, answers: Any,
-                  noisy_answers: Any) -> None:
-    # Before loading a model: a missing input should not cost a model load first.
+def check_inputs(method: str, cfg: PairsConfig, *, model: Any, answers: Any,
+                 noisy_answers: Any, cli: bool = False) -> None:
+    """Raise ``ConfigError`` if ``method`` lacks an input that only a model could replace;
+    run before any model is loaded. ``cli``: name the inputs by their command-line flags."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r} (expected one of {', '.join(METHODS)})")
-    if model is not None:
+    if model:
         return
+    who, m, a, n = ((f"pairs {method}", "--model", "--answers", "--noisy-answers") if cli
+                    else (f"{method} pairs", "a model", "answers", "noisy_answers"))
     if method == "sima":
-        raise ConfigError("sima pairs need a model (it ranks its own responses)")
+        raise ConfigError(f"{who}: {m} is required (the model ranks its own responses)")
     if method in ("gt-dpo", "seva") and answers is None:
-        raise ConfigError(f"{method} pairs: give a model or answers")
+        raise ConfigError(f"{who}: give {m} or {a}")
     if (method == "seva" or (method == "povid" and 2 in cfg.povid_stages)) \
             and noisy_answers is None:
-        raise ConfigError(f"{method} pairs: give a model or noisy_answers")
+        raise ConfigError(f"{who}: give {m} or {n}")
 
 
 def build_method_pairs(method: str, records: Sequence[dict], *, cfg: PairsConfig | None = None,
@@ -221,7 +225,7 @@ def build_method_pairs(method: str, records: Sequence[dict], *, cfg: PairsConfig
     from visalign.methods import pairs as P
 
     cfg = cfg or PairsConfig()
-    _check_inputs(method, cfg, model, answers, noisy_answers)
+    check_inputs(method, cfg, model=model, answers=answers, noisy_answers=noisy_answers)
     if model is not None and not isinstance(model, PairModel):
         model = PairModel(model, cfg, image_root)
 
