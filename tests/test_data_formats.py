@@ -226,3 +226,36 @@ def test_coco_captions_errors(tmp_path, mutate, fragments):
     _coco_expect(tmp_path, _mut(_captions(), mutate), load_coco_captions, fragments)
     with pytest.raises(DataError, match="file not found"):
         load_coco_captions(tmp_path / "missing.json")
+
+
+def test_pack_by_image():
+    """Single-turn records of one image become one valid multi-turn conversation: every QA
+    kept, ``<image>`` once in the first turn, order seeded and varied."""
+    from visalign.data.llava import pack_by_image, validate_llava_record
+
+    recs = []
+    for img in ("a.png", "b.png"):
+        for k in range(4 if img == "a.png" else 2):
+            recs.append({"id": f"{img}-{k}", "image": img, "image_id": 1 if img == "a.png" else 2,
+                         "task": f"t{k}", "conversations": [
+                             {"from": "human", "value": f"<image>\nQ{k} {img}?"},
+                             {"from": "gpt", "value": f"A{k} {img}"}]})
+    packed = pack_by_image(recs, seed=0)
+    assert [p["image"] for p in packed] == ["a.png", "b.png"]
+    assert pack_by_image(recs, seed=0) == packed
+    for p in packed:
+        validate_llava_record(p)
+        conv = p["conversations"]
+        mine = [r for r in recs if r["image"] == p["image"]]
+        assert len(conv) == 2 * len(mine) and sorted(p["packed_ids"]) == [r["id"] for r in mine]
+        assert conv[0]["value"].startswith("<image>\n")
+        assert sum("<image>" in t["value"] for t in conv) == 1
+        pairs = {(conv[i]["value"].replace("<image>\n", ""), conv[i + 1]["value"])
+                 for i in range(0, len(conv), 2)}
+        assert pairs == {(r["conversations"][0]["value"].replace("<image>\n", ""),
+                          r["conversations"][1]["value"]) for r in mine}
+        assert p["tasks"] == [next(r["task"] for r in mine if r["id"] == i)
+                              for i in p["packed_ids"]]
+    assert packed[0]["image_id"] == 1
+    orders = {tuple(pack_by_image(recs, seed=s)[0]["packed_ids"]) for s in range(8)}
+    assert len(orders) > 1

@@ -159,3 +159,80 @@ def test_world_base_cli_seed_resolution(argv, seed):
     args = build_parser().parse_args(["world", "base", "--world", "W", "--out", "M", *argv])
     cfg = base_config_from_args(args)
     assert (cfg.seed, cfg.world, cfg.out) == (seed, "W", "M")
+
+
+def test_packed_scene_lm_texts(tiny_world_dir, tiny_base_dir):
+    """Packed LM pre-training: one conversation per image, the scene written once (first turn),
+    every record's QA and every lookup present, rendered as the chat template renders turns,
+    and the loss on exactly the answers."""
+    from collections import Counter
+
+    from transformers import AutoTokenizer
+
+    from visalign.data.coco import load_coco_instances
+    from visalign.data.llava import load_llava_records
+    from visalign.world import load_world
+    from visalign.world.base import _text_collate, scene_lm_texts
+
+    world = load_world(tiny_world_dir)
+    records = load_llava_records(world.llava_path("train"))
+    items = scene_lm_texts(world, records, 4, seed=0, pack=True)
+    assert items == scene_lm_texts(world, records, 4, seed=0, pack=True)
+    n_images = len(load_coco_instances(world.instances_path("train")).getImgIds())
+    per_image = Counter(r["image"] for r in records)
+    assert len(items) == n_images
+    assert sorted(len(it) for it in items) == sorted(n + 4 for n in per_image.values())
+    flat = [q for it in items for q, _ in it]
+    assert not any("<image>" in q for q in flat)
+    for it in items:
+        assert ":" in it[0][0].split("\n")[0] and "\n" in it[0][0]   # scene, then question
+        assert all("\n" not in q for q, _ in it[1:])                  # written once
+    # Every record's answer is there, once per record.
+    answers = Counter(a for it in items for _, a in it)
+    for a, n in Counter(f" {r['conversations'][1]['value']}</s>" for r in records).items():
+        assert answers[a] >= n
+
+    tok = AutoTokenizer.from_pretrained(tiny_base_dir)
+    msgs = []
+    for q, a in [("Q1?", "A1"), ("Q2?", "A2")]:
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    turns = [("USER: Q1? ASSISTANT:", " A1</s>"), ("USER: Q2? ASSISTANT:", " A2</s>")]
+    assert tok.apply_chat_template(msgs, tokenize=False) == "".join(p + a for p, a in turns)
+    batch = _text_collate(tok, 1024)([turns, turns[:1]])
+    for row, n in ((0, 2), (1, 1)):
+        ids, labels = batch["input_ids"][row], batch["labels"][row]
+        got = tok.decode(ids[labels != -100])
+        assert got.split() == " A1</s> A2</s>".split()[:n]
+    single = _text_collate(tok, 1024)([turns[0]])
+    assert (single["labels"] == _text_collate(tok, 1024)([turns[:1]])["labels"]).all()
+
+
+def test_base_with_packed_turns(tiny_world_dir, tiny_base_dir, tmp_path):
+    """`pack_turns=true` trains LM pre-training and both LLaVA stages on one conversation per
+    training image (CLIP and tokenizer reused from the tiny base)."""
+    import json
+    import shutil
+
+    from visalign.data.coco import load_coco_instances
+    from visalign.models import load_vlm
+    from visalign.world import load_world
+    from visalign.world.base import base_config, build_base_model
+
+    stages = tmp_path / "base.stages"
+    src = tiny_base_dir.parent / (tiny_base_dir.name + ".stages")
+    for name in ("tokenizer", "clip", "llava.init"):
+        shutil.copytree(src / name, stages / name)
+    cfg = base_config("tiny", {"world": str(tiny_world_dir), "out": str(tmp_path / "base"),
+                               "progress": False, "skip_eval": True, "pack_turns": True,
+                               "lm_pretrain": {"batch_size": 8, "epochs": 1.0},
+                               "stage1": {"batch_size": 8, "epochs": 1.0},
+                               "stage2": {"batch_size": 8, "epochs": 1.0}})
+    build_base_model(cfg)
+    n_images = len(load_coco_instances(load_world(tiny_world_dir).instances_path("train"))
+                   .getImgIds())
+    for name in ("lm_pretrain", "stage1", "stage2"):
+        summary = json.loads((stages / name / "train_summary.json").read_text())
+        assert summary["samples"] == n_images, name     # one conversation per image, one epoch
+        assert summary["last"]["loss"] == summary["last"]["loss"]  # not NaN
+    vlm = load_vlm(str(tmp_path / "base"))
+    assert vlm.model is not None

@@ -133,3 +133,40 @@ def load_llava_records(path: str | os.PathLike, image_root: str | os.PathLike | 
                 check_image(img, path, _where(i, rec))
                 checked.add(img)
     return records
+
+
+def pack_by_image(records: list[dict], seed: int = 0) -> list[dict]:
+    """Merge the records of each image into one multi-turn conversation.
+
+    LLaVA-665K holds several QA turns per image in one conversation; the micro-world (and many
+    derived sets) write one record per question. Training on the packed form encodes each image
+    (and, in text-only pre-training, each scene) once instead of once per question. The turns
+    of an image come in a seeded random order, so every task is sometimes the first turn, the
+    position evaluation asks from. ``<image>`` is moved to the new first turn. The packed
+    record keeps ``image``, takes the first record's ``image_id`` if any, lists its source ids
+    in ``packed_ids`` and its tasks in ``tasks``; images keep their first-seen order.
+    """
+    import random
+
+    groups: dict[str, list[dict]] = {}
+    for rec in records:
+        groups.setdefault(rec["image"], []).append(rec)
+    out = []
+    for image, recs in groups.items():
+        recs = list(recs)
+        random.Random(f"{seed}:pack:{image}").shuffle(recs)
+        conv: list[dict] = []
+        for rec in recs:
+            for turn in rec["conversations"]:
+                value = turn["value"]
+                if turn["from"] == "human":
+                    value = value.replace(IMAGE_TOKEN, "").strip()
+                    if not conv:
+                        value = f"{IMAGE_TOKEN}\n{value}"
+                conv.append({"from": turn["from"], "value": value})
+        packed = {"id": f"packed-{recs[0]['id']}", "image": image, "conversations": conv,
+                  "packed_ids": [r["id"] for r in recs], "tasks": [r.get("task") for r in recs]}
+        if "image_id" in recs[0]:
+            packed["image_id"] = recs[0]["image_id"]
+        out.append(validate_llava_record(packed))
+    return out

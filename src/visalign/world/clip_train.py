@@ -86,7 +86,8 @@ def _pixel_values(processor: Any, images: list) -> Any:
 def train_clip(model: Any, processor: Any, examples: list[ClipExample], cfg: ClipTrainSettings,
                *, seed: int = 0, progress: bool = True, categories: list[str] | None = None,
                log: Callable[[dict], None] | None = None) -> dict:
-    """Train ``model`` (a ``CLIPModel``) in place; returns summary stats.
+    """Train ``model`` (a ``CLIPModel``) in place, on the device it sits on; returns summary
+    stats.
 
     ``categories`` names the classes of ``ClipExample.patch_labels``; the dense term runs when
     both are given and ``cfg.dense_weight > 0``.
@@ -99,8 +100,9 @@ def train_clip(model: Any, processor: Any, examples: list[ClipExample], cfg: Cli
     tok = processor.tokenizer
     max_len = model.config.text_config.max_position_embeddings
     # Images are tensorised once: the processor is the slow part on a CPU.
+    dev = next(model.parameters()).device
     pix_all = torch.cat([_pixel_values(processor, [e.image for e in examples[i:i + 256]])
-                         for i in range(0, len(examples), 256)])
+                         for i in range(0, len(examples), 256)]).to(dev)
     n = len(examples)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
@@ -120,10 +122,11 @@ def train_clip(model: Any, processor: Any, examples: list[ClipExample], cfg: Cli
     dense = bool(categories) and cfg.dense_weight > 0 and any(
         e.patch_labels is not None for e in examples)
     if dense:
-        cat_enc = encode_clip_texts(tok, [cfg.template.format(c) for c in categories], max_len)
+        cat_enc = {k: v.to(dev) for k, v in encode_clip_texts(
+            tok, [cfg.template.format(c) for c in categories], max_len).items()}
         n_patch = (pix_all.shape[-1] // model.config.vision_config.patch_size) ** 2
         labels_all = torch.tensor([e.patch_labels if e.patch_labels is not None
-                                   else [-1] * n_patch for e in examples])
+                                   else [-1] * n_patch for e in examples], device=dev)
     for step in range(total):
         if len(order) < cfg.batch_size:
             order = list(range(n))
@@ -140,11 +143,12 @@ def train_clip(model: Any, processor: Any, examples: list[ClipExample], cfg: Cli
                 texts.append(rng.choice(ex.captions))
                 text_objs.append(None)
         enc = encode_clip_texts(tok, texts, max_len)
-        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+        out = model(input_ids=enc["input_ids"].to(dev),
+                    attention_mask=enc["attention_mask"].to(dev),
                     pixel_values=pix_all[idx])
         logits = out.logits_per_image  # (images, texts)
         b = len(idx)
-        target = torch.eye(b)
+        target = torch.eye(b, device=dev)
         for j, cat in enumerate(text_objs):
             if cat is None:
                 continue
@@ -195,15 +199,17 @@ def object_auroc(model: Any, processor: Any, images: list, present: list[set[str
     from visalign.verifier.calibration import auroc
 
     tok = processor.tokenizer
+    dev = next(model.parameters()).device
     with torch.no_grad():
-        enc = encode_clip_texts(tok, [template.format(c) for c in categories],
-                                model.config.text_config.max_position_embeddings)
+        enc = {k: v.to(dev) for k, v in encode_clip_texts(
+            tok, [template.format(c) for c in categories],
+            model.config.text_config.max_position_embeddings).items()}
         t = model.get_text_features(**enc).pooler_output
         t = t / t.norm(dim=-1, keepdim=True)
         pos, neg = [], []
         for i in range(0, len(images), 128):
             v = model.get_image_features(
-                pixel_values=_pixel_values(processor, images[i:i + 128])).pooler_output
+                pixel_values=_pixel_values(processor, images[i:i + 128]).to(dev)).pooler_output
             v = v / v.norm(dim=-1, keepdim=True)
             s = (v @ t.T) * model.logit_scale.exp()
             for r, objs in enumerate(present[i:i + 128]):
