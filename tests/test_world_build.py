@@ -261,3 +261,47 @@ def test_text_is_deterministic_per_rng():
     assert a == b
     assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in a)
     assert set(REGIONS) == set(json.loads(json.dumps(list(REGIONS))))
+
+
+def test_reading_order_descriptions(tiny, tmp_path):
+    """`description_order=reading` names objects top row first, left to right, with the same
+    images, annotations and objects named; the default (salience) world is unchanged by the
+    option's existence (its files equal the fixture's)."""
+    out, _ = tiny
+    reading = tmp_path / "reading"
+    build_world(world_config("tiny", seed=7, overrides=["description_order=reading",
+                                                        "hallucination_rate=0"]), reading)
+    h0, h1 = _hashes(out), _hashes(reading)
+    same = [k for k in h0 if k.startswith("images/") or k.startswith("annotations/instances")]
+    assert same and all(h0[k] == h1[k] for k in same)
+    coco = load_coco_instances(reading / "annotations/instances_val.json")
+    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    vocab = default_vocab()
+    forms = sorted(((f, c.name) for c in vocab.categories
+                    for f0 in (c.name, *c.synonyms) for f in (f0, plural(f0))),
+                   key=lambda x: -len(x[0]))
+    checked = 0
+    for r in load_llava_records(reading / "llava/val.json"):
+        if r["task"] != "detail":
+            continue
+        text = r["conversations"][1]["value"].lower()
+        first: dict[str, int] = {}
+        masked = text
+        for f, name in forms:   # position of each category's first mention
+            for m in re.finditer(rf"\b{re.escape(f)}\b", masked):
+                first[name] = min(first.get(name, m.start()), m.start())
+                masked = masked[:m.start()] + "#" * len(f) + masked[m.end():]
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=r["image_id"]))
+        img = coco.loadImgs(r["image_id"])[0]
+        key: dict[str, tuple] = {}
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            k = (min(2, int((y + h / 2) * 3 // img["height"])), x + w / 2)
+            key[names[a["category_id"]]] = min(key.get(names[a["category_id"]], k), k)
+        want = sorted(key, key=lambda c: key[c])
+        got = sorted(first, key=lambda c: first[c])
+        assert got[:len(want)] == want, (text, want)
+        checked += 1
+    assert checked >= 10
+    with pytest.raises(ConfigError, match="description_order"):
+        world_config("tiny", overrides=["description_order=random"])

@@ -81,6 +81,10 @@ class WorldConfig:
         1.5, help="power on co-occurrence weights when picking the absent object")
     omit_small_rate: float = field(
         0.5, help="train only: P(a small-only category is left out of a description)")
+    description_order: str = field(
+        "salience", help="object order in detail descriptions: 'salience' (largest first, as "
+        "GPT-written descriptions tend to go) or 'reading' (top-left to bottom-right, the order "
+        "of the image tokens)")
     existence_adversarial_prob: float = field(
         0.3, help="share of 'no' existence questions about co-occurring absent objects")
     detail_per_image: int = field(1, help="instruction records per image, by task")
@@ -115,6 +119,9 @@ class WorldConfig:
             a, b = getattr(self, lo), getattr(self, hi)
             if not 2 <= a <= b <= 60:
                 raise ConfigError(f"{lo}/{hi}: need 2 <= {a} <= {b} <= 60")
+        if self.description_order not in ("salience", "reading"):
+            raise ConfigError(f"description_order: {self.description_order!r} is not "
+                              "'salience' or 'reading'")
         if self.captions_per_image < 1:
             raise ConfigError("captions_per_image must be >= 1")
 

@@ -88,6 +88,17 @@ class Scene:
         return sorted(best, key=lambda c: -best[c])
 
 
+    def categories_in_reading_order(self) -> list[str]:
+        """Distinct categories by their first instance in reading order: rows of the 3 x 3
+        grid top to bottom, then left to right by centre."""
+        key: dict[str, tuple[int, float]] = {}
+        for o in self.objects:
+            cx, cy = o.center
+            k = (min(2, int(cy * 3 // self.height)), cx)
+            key[o.category] = min(key.get(o.category, k), k)
+        return sorted(key, key=lambda c: key[c])
+
+
 def region_of(cx: float, cy: float, width: int, height: int) -> str:
     """Name of the 3x3 grid cell containing the point."""
     col = min(2, max(0, int(cx * 3 // width)))

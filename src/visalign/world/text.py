@@ -129,6 +129,7 @@ class TextParams:
     hallucination_rate: float = 0.3
     hallucination_sharpness: float = 1.5
     omit_small_rate: float = 0.5
+    description_order: str = "salience"
     relation_sentence_prob: float = 0.7
     count_sentence_prob: float = 0.5
     detail_per_image: int = 1
@@ -254,7 +255,8 @@ class TextGen:
     def detail(self, scene: Scene, rng: random.Random, *, defects: bool) -> Detail:
         """A 3-6 sentence description: place, each object (colour/size/position), a relation,
         a count; with ``defects`` maybe an injected absent object and omitted small ones."""
-        cats = scene.categories_by_salience()
+        cats = (scene.categories_in_reading_order() if self.p.description_order == "reading"
+                else scene.categories_by_salience())
         omitted: list[str] = []
         if defects:
             for c in cats:
@@ -271,14 +273,17 @@ class TextGen:
 
         # Units: single instances are phrases that may be paired into one sentence; categories
         # with several instances get a sentence of their own.
-        singles: list[tuple[str, str]] = []     # (noun phrase, location phrase)
+        # In reading order a multi-instance sentence keeps its place among the singles (a str
+        # entry there); by salience it goes to a random place, as GPT-written text would.
+        singles: list = []     # (noun phrase, location phrase), or a whole sentence
         multis: list[str] = []
+        reading = self.p.description_order == "reading"
         for c in mentioned:
             insts = scene.instances(c)
             if len(insts) == 1:
                 singles.append((self.np_(rng, insts[0]), self.loc(rng, insts[0].region)))
             else:
-                multis.append(self._multi_sentence(rng, c, insts))
+                (singles if reading else multis).append(self._multi_sentence(rng, c, insts))
 
         injected: list[str] = []
         tail: list[str] = []
@@ -308,7 +313,10 @@ class TextGen:
         pair = len(singles) + len(multis) > 3
         i = 0
         while i < len(singles):
-            if pair and i + 1 < len(singles):
+            if isinstance(singles[i], str):
+                body.append(singles[i])
+                i += 1
+            elif pair and i + 1 < len(singles) and not isinstance(singles[i + 1], str):
                 (n1, l1), (n2, l2) = singles[i], singles[i + 1]
                 body.append(rng.choice((
                     f"There is {n1} {l1} and {n2} {l2}.",
