@@ -126,3 +126,25 @@ def test_sft_loss_shift_and_ignore():
     assert sft_loss(logits, labels).item() == pytest.approx(
         (math.log(2) - math.log(0.75)) / 2, abs=1e-6)
     assert sft_loss(logits, torch.full((1, 3), -100)).item() == 0.0
+
+
+def test_sft_loss_fixed_normaliser_weighs_every_token_alike():
+    """With a fixed normaliser the loss of two batches adds up to the loss of their union, so
+    a token's weight does not depend on how many answer tokens share its batch; the batch mean
+    gives the tokens of a short batch more weight."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 5, generator=g)
+    labels = torch.randint(0, 5, (2, 6), generator=g)
+    labels[0, 3:] = -100                  # row 0: 2 answer tokens, row 1: 5
+    n = int((labels[:, 1:] != -100).sum())
+    assert sft_loss(logits, labels, normaliser=n).item() == pytest.approx(
+        sft_loss(logits, labels).item(), abs=1e-6)
+    a, b = sft_loss(logits[:1], labels[:1], normaliser=n), sft_loss(logits[1:], labels[1:],
+                                                                     normaliser=n)
+    assert (a + b).item() == pytest.approx(sft_loss(logits, labels, normaliser=n).item(),
+                                           abs=1e-6)
+    mean_a, mean_b = sft_loss(logits[:1], labels[:1]), sft_loss(logits[1:], labels[1:])
+    assert ((mean_a + mean_b) / 2).item() != pytest.approx(
+        sft_loss(logits, labels).item(), abs=1e-3)
+    with pytest.raises(ValueError, match="normaliser"):
+        sft_loss(logits, labels, normaliser=0)

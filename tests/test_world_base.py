@@ -236,3 +236,39 @@ def test_base_with_packed_turns(tiny_world_dir, tiny_base_dir, tmp_path):
         assert summary["last"]["loss"] == summary["last"]["loss"]  # not NaN
     vlm = load_vlm(str(tmp_path / "base"))
     assert vlm.model is not None
+
+
+def test_stage_loss_dataset_weighting(tiny_world_dir, tiny_base_dir):
+    """'dataset' token weighting: summed answer-token CE over the mean answer tokens of random
+    batches; a batch of short answers then weighs less than under the batch mean."""
+    import pytest
+    import torch
+    from transformers import AutoTokenizer
+
+    from visalign.data.llava import load_llava_records
+    from visalign.losses import sft_loss
+    from visalign.models import load_vlm
+    from visalign.world import load_world
+    from visalign.world.base import _stage_loss, _text_collate, scene_lm_texts
+
+    world = load_world(tiny_world_dir)
+    items = scene_lm_texts(world, load_llava_records(world.llava_path("train")), 2, seed=0)
+    tok = AutoTokenizer.from_pretrained(tiny_base_dir)
+    collate = _text_collate(tok)
+    model = load_vlm(str(tiny_base_dir)).model
+    short = collate(sorted(items, key=lambda it: len(it[1]))[:8])   # one-word answers
+    with torch.no_grad():
+        batch_loss, _ = _stage_loss("batch", items, collate, 0, 8)(model, short)
+        ds = _stage_loss("dataset", items, collate, 0, 8)
+        ds_loss, stats = ds(model, short)
+        logits = model(**{k: v for k, v in short.items() if k != "labels"}).logits
+    n_short = int((short["labels"][:, 1:] != -100).sum())
+    assert batch_loss.item() == pytest.approx(sft_loss(logits, short["labels"]).item(), abs=1e-5)
+    assert stats["batch_mean_ce"].item() == pytest.approx(batch_loss.item(), abs=1e-5)
+    # sum / normaliser, with a normaliser (an average random batch) above this short batch's
+    ratio = ds_loss.item() / batch_loss.item()
+    assert 0 < ratio < 1
+    normaliser = n_short / ratio
+    assert normaliser > n_short
+    with pytest.raises(ValueError, match="token_weighting"):
+        _stage_loss("tokens", items, collate, 0, 8)

@@ -214,13 +214,22 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
             (beta * rejected_logratios).detach())
 
 
-def sft_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+def sft_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100,
+             normaliser: float | None = None) -> Tensor:
     """Next-token cross-entropy: position t predicts ``labels[:, t + 1]``; mean over the labels
-    that are not ``ignore_index`` (token mean, as HF's causal-LM loss).
+    that are not ``ignore_index`` (token mean, as HF's causal-LM loss), or, with
+    ``normaliser``, their sum divided by that fixed number.
+
+    A batch mean weighs a token by 1 / (label tokens in its batch). With random batches that is
+    about the same for every batch; with length-grouped batches a batch of one-word answers and
+    a batch of long descriptions get the same total weight, so the long answers count for
+    much less. A fixed normaliser (the label tokens of an average random batch) keeps every
+    token's weight what random batching gives it in expectation.
 
     Args:
         logits: (b, T, V).
         labels: (b, T), ``ignore_index`` on prompt/padding/image tokens.
+        normaliser: None (batch mean) or a positive constant.
 
     Returns:
         scalar (0 when no label counts).
@@ -229,4 +238,9 @@ def sft_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor
     shift_labels = labels[:, 1:].reshape(-1)
     if not (shift_labels != ignore_index).any():
         return shift_logits.sum() * 0.0
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index)
+    if normaliser is None:
+        return F.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index)
+    if not normaliser > 0:
+        raise ValueError(f"normaliser must be > 0, got {normaliser}")
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index,
+                           reduction="sum") / normaliser

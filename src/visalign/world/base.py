@@ -58,6 +58,10 @@ class StageSettings:
         False, help="batch similar lengths together (the stages' texts range from one-word "
         "answers to long descriptions: random LM pre-training batches pad to 2.2x the real "
         "tokens); off in the shipped recipe until a base trained with it is evaluated")
+    token_weighting: Literal["batch", "dataset"] = field(
+        "batch", help="loss normalisation: 'batch' = mean over the batch's answer tokens (HF's "
+        "default); 'dataset' = their sum over the answer tokens of an average random batch, so "
+        "length-grouped batches do not shrink the weight of long answers")
 
 
 @dataclasses.dataclass
@@ -282,9 +286,7 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
                 items = conversation_items(recs, str(world.image_root))
                 collate = make_collate(vlm)
 
-            def ce(model, batch):
-                o = model(**batch)
-                return o.loss, {}
+            ce = _stage_loss(st.token_weighting, items, collate, cfg.seed, st.batch_size)
             run_training(tcfg, vlm, items, collate, ce, name=name)
         prev = sdir / "model"
         timings[name] = time.time() - t
@@ -310,6 +312,35 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
     log.close()
     del torch
     return result
+
+
+def _stage_loss(weighting: str, items: list, collate: Any, seed: int, batch_size: int,
+                n_probe: int = 20):
+    """The stage's loss function. 'dataset' weighting divides the summed token loss by the
+    mean answer-token count of ``n_probe`` seeded random batches (see ``losses.sft_loss``)."""
+    import random
+
+    from visalign.losses import sft_loss
+
+    if weighting == "batch":
+        def ce(model, batch):
+            return model(**batch).loss, {}
+        return ce
+    if weighting != "dataset":
+        raise ValueError(f"token_weighting: {weighting!r} is not 'batch' or 'dataset'")
+    rng = random.Random(f"{seed}:token-weighting")
+    counts = []
+    for _ in range(n_probe):
+        probe = collate([items[rng.randrange(len(items))] for _ in range(batch_size)])
+        counts.append(int((probe["labels"][:, 1:] != -100).sum()))
+    normaliser = max(1.0, sum(counts) / len(counts))
+
+    def ce_dataset(model, batch):
+        labels = batch["labels"]
+        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        loss = sft_loss(out.logits, labels, normaliser=normaliser)
+        return loss, {"batch_mean_ce": sft_loss(out.logits.detach(), labels).detach()}
+    return ce_dataset
 
 
 def _lm_texts(records: list[dict]) -> list[str]:
