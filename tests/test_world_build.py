@@ -38,6 +38,13 @@ def tiny(tmp_path_factory) -> tuple[Path, float]:
     return out, time.perf_counter() - t0
 
 
+def _assert_same_images_and_instances(a: Path, b: Path) -> None:
+    """Text-only knobs must leave the rendered images and instance annotations byte-equal."""
+    h0, h1 = _hashes(a), _hashes(b)
+    same = [k for k in h0 if k.startswith("images/") or k.startswith("annotations/instances")]
+    assert same and all(h0[k] == h1[k] for k in same)
+
+
 def _mentions(text: str) -> set[str]:
     """Categories named in ``text`` (longest surface form first, so "hot dog" is not "dog")."""
     vocab = default_vocab()
@@ -94,9 +101,7 @@ def test_text_knobs_leave_images_and_annotations_unchanged(tiny, tmp_path):
     clean = tmp_path / "clean"
     build_world(world_config("tiny", seed=7, overrides=["hallucination_rate=0",
                                                         "omit_small_rate=0"]), clean)
-    h0, h1 = _hashes(out), _hashes(clean)
-    same = [k for k in h0 if k.startswith("images/") or k.startswith("annotations/instances")]
-    assert same and all(h0[k] == h1[k] for k in same)
+    _assert_same_images_and_instances(out, clean)
     recs = load_llava_records(clean / "llava/train.json")
     assert all(not r["injected_objects"] and not r["omitted_objects"]
                for r in recs if r["task"] == "detail")
@@ -271,9 +276,7 @@ def test_reading_order_descriptions(tiny, tmp_path):
     reading = tmp_path / "reading"
     build_world(world_config("tiny", seed=7, overrides=["description_order=reading",
                                                         "hallucination_rate=0"]), reading)
-    h0, h1 = _hashes(out), _hashes(reading)
-    same = [k for k in h0 if k.startswith("images/") or k.startswith("annotations/instances")]
-    assert same and all(h0[k] == h1[k] for k in same)
+    _assert_same_images_and_instances(out, reading)
     coco = load_coco_instances(reading / "annotations/instances_val.json")
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     vocab = default_vocab()

@@ -19,7 +19,7 @@ import dataclasses
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from visalign.config import field, save_run_config
 from visalign.eval.suite import EvalSettings
@@ -339,7 +339,8 @@ def _stage_loss(weighting: str, items: list, collate: Any, seed: int, batch_size
         labels = batch["labels"]
         out = model(**{k: v for k, v in batch.items() if k != "labels"})
         loss = sft_loss(out.logits, labels, normaliser=normaliser)
-        return loss, {"batch_mean_ce": sft_loss(out.logits.detach(), labels).detach()}
+        n = (labels[:, 1:] != -100).sum().clamp(min=1)
+        return loss, {"batch_mean_ce": loss.detach() * normaliser / n}
     return ce_dataset
 
 
@@ -375,23 +376,16 @@ def scene_lm_texts(world: Any, records: list[dict], lookup_per_image: int,
     image's turns (the scene written once, in the first turn; records and lookups in a seeded
     random order), as :func:`visalign.data.llava.pack_by_image` does for the VLM stages.
     """
-    if pack:
-        return _packed_scene_lm_texts(world, records, lookup_per_image, seed)
     import random
 
-    from visalign.data.coco import load_coco_instances
     from visalign.world.text import EXISTENCE_QUESTIONS
     from visalign.world.vocab import with_article
 
+    if pack:
+        return _packed_scene_lm_texts(world, records, lookup_per_image, seed)
     rng = random.Random(f"{seed}:scene-lm")
-    coco = load_coco_instances(world.instances_path("train"))
-    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    by_file, names = _train_scenes(world)
     syn = _synonym_table(world)
-    by_file: dict[str, tuple[str, list[dict]]] = {}
-    for img_id in coco.getImgIds():
-        info = coco.loadImgs(img_id)[0]
-        by_file[info["file_name"]] = (str(info.get("theme", "scene")),
-                                      coco.loadAnns(coco.getAnnIds(imgIds=img_id)))
     tmpl = world_chat_template()
     out = []
     for r in records:
@@ -401,19 +395,27 @@ def scene_lm_texts(world: Any, records: list[dict], lookup_per_image: int,
         conv = r["conversations"]
         q = conv[0]["value"].replace("<image>", scene_text(theme, anns, names, rng))
         out.append((tmpl[0].format(q=q), tmpl[1].format(a=conv[1]["value"])))
-    all_names = sorted(syn) or sorted(names.values())
     for theme, anns in by_file.values():
-        present = {names[a["category_id"]] for a in anns}
-        absent = [n for n in all_names if n not in present]
-        for k in range(lookup_per_image):
-            yes = (k % 2 == 0 and bool(present)) or not absent
-            obj = rng.choice(sorted(present) if yes else absent)
-            noun = rng.choice(syn.get(obj, [obj]))
+        for noun, yes in _lookups(rng, anns, names, syn, lookup_per_image):
             q = (scene_text(theme, anns, names, rng) + "\n"
                  + rng.choice(EXISTENCE_QUESTIONS).format(a=with_article(noun)))
             out.append((tmpl[0].format(q=q), tmpl[1].format(a="Yes" if yes else "No")))
     rng.shuffle(out)
     return out
+
+
+def _lookups(rng: Any, anns: list[dict], names: dict[int, str], syn: dict[str, list[str]],
+             n: int) -> Iterator[tuple[str, bool]]:
+    """``n`` balanced lookup targets of one image: (noun, present?), alternating present and
+    absent categories (any category of the world, synonyms included). A generator, so the
+    caller's own draws interleave with these in a fixed order."""
+    all_names = sorted(syn) or sorted(names.values())
+    present = {names[a["category_id"]] for a in anns}
+    absent = [c for c in all_names if c not in present]
+    for k in range(n):
+        yes = (k % 2 == 0 and bool(present)) or not absent
+        obj = rng.choice(sorted(present) if yes else absent)
+        yield rng.choice(syn.get(obj, [obj])), yes
 
 
 def _packed_scene_lm_texts(world: Any, records: list[dict], lookup_per_image: int,
@@ -426,7 +428,6 @@ def _packed_scene_lm_texts(world: Any, records: list[dict], lookup_per_image: in
     rng = random.Random(f"{seed}:scene-lm-packed")
     by_file, names = _train_scenes(world)
     syn = _synonym_table(world)
-    all_names = sorted(syn) or sorted(names.values())
     turns: dict[str, list[tuple[str, str]]] = {f: [] for f in by_file}
     for r in records:
         if r["image"] in turns:
@@ -437,12 +438,7 @@ def _packed_scene_lm_texts(world: Any, records: list[dict], lookup_per_image: in
     out = []
     for file, (theme, anns) in by_file.items():
         qa = turns[file]
-        present = {names[a["category_id"]] for a in anns}
-        absent = [n for n in all_names if n not in present]
-        for k in range(lookup_per_image):
-            yes = (k % 2 == 0 and bool(present)) or not absent
-            obj = rng.choice(sorted(present) if yes else absent)
-            noun = rng.choice(syn.get(obj, [obj]))
+        for noun, yes in _lookups(rng, anns, names, syn, lookup_per_image):
             qa.append((rng.choice(EXISTENCE_QUESTIONS).format(a=with_article(noun)),
                        "Yes" if yes else "No"))
         if not qa:
