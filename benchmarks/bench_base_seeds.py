@@ -8,12 +8,16 @@ deviation, min and max of each metric plus how many runs meet the micro-world is
         [--preset small|tiny] \
         --recipe shipped= \
         --recipe packed=pack_turns=true,lm_pretrain.batch_size=4,stage2.batch_size=4 \
-        [--threads 1] [--deadline-s 0] [key=value ...]   # key=value: given to every run
+        [--threads 1] [--deadline-s 0] [--shared-clip] [key=value ...]
+        # key=value: given to every run
 
 A recipe is ``NAME=`` followed by comma-separated ``key=value`` overrides of
 ``visalign world base`` (empty = the shipped defaults). Runs are resumable: a run whose
 ``eval.json`` exists is read, not retrained. ``--deadline-s`` stops unfinished runs after that
-many seconds (they are reported as unfinished). ``--python`` picks the interpreter, for a
+many seconds (they are reported as unfinished). ``--shared-clip`` trains the tokenizer and CLIP
+once per seed (``stop_after=clip``, all seeds at once) and copies them into every recipe's
+stages dir, so the runs differ only where the recipes do (refused for recipes that change the
+tokenizer or CLIP). ``--python`` picks the interpreter, for a
 machine where the package is on ``PYTHONPATH`` rather than installed.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -72,6 +77,41 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+SHARED_STAGES = ("tokenizer", "clip")
+
+
+def share_clip(args: argparse.Namespace, recipes: list, out: Path, env: dict) -> None:
+    """Train tokenizer + CLIP once per seed under ``out/_shared`` (all seeds at once)."""
+    for name, ov in recipes:
+        bad = [kv for kv in ov + args.overrides
+               if kv.split("=")[0].split(".")[0] in ("clip", "clip_arch", "vocab_size")]
+        if bad:
+            raise SystemExit(f"--shared-clip: recipe {name!r} changes the tokenizer or CLIP "
+                             f"({', '.join(bad)})")
+    procs = []
+    for seed in args.seeds:
+        mdir = out / "_shared" / f"seed{seed}"
+        if (mdir.parent / f"seed{seed}.stages" / "clip" / "clip_summary.json").exists():
+            continue
+        mdir.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [args.python, "-m", "visalign.cli", "world", "base", "--world", args.world,
+               "--out", str(mdir), "--preset", args.preset, f"seed={seed}", "progress=false",
+               "stop_after=clip", *args.overrides]
+        log = open(mdir.parent / f"seed{seed}.log", "w")
+        procs.append((seed, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+    for seed, p in procs:
+        if p.wait() != 0:
+            raise SystemExit(f"--shared-clip: CLIP of seed {seed} failed, see "
+                             f"{out / '_shared' / f'seed{seed}.log'}")
+    SHARED["clip_seconds"] = round(time.time() - T0, 1)
+    print(json.dumps({"shared_clip_seconds": SHARED["clip_seconds"]}), file=sys.stderr,
+          flush=True)
+
+
+T0 = time.time()
+SHARED: dict = {}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--world", required=True)
@@ -83,6 +123,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0,
                     help="OMP/torch threads per run (0: leave the environment's)")
     ap.add_argument("--deadline-s", type=float, default=0, help="0 = none")
+    ap.add_argument("--shared-clip", action="store_true",
+                    help="one tokenizer + CLIP per seed, copied into every recipe's run")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("overrides", nargs="*", help="key=value given to every run")
     args = ap.parse_args()
@@ -92,8 +134,10 @@ def main() -> int:
     env = dict(os.environ)
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    if args.shared_clip:
+        share_clip(args, recipes, out, env)
     todo = [(name, ov, seed) for seed in args.seeds for name, ov in recipes]
-    t0 = time.time()
+    t0 = T0     # the deadline counts the shared CLIP too
     running: list[tuple[subprocess.Popen, str, int, Path, float]] = []
     runs: list[dict] = []
 
@@ -120,6 +164,11 @@ def main() -> int:
                 record(name, seed, mdir, None, 0)
                 continue
             mdir.parent.mkdir(parents=True, exist_ok=True)
+            if args.shared_clip:
+                for part in SHARED_STAGES:
+                    dst = mdir.parent / f"seed{seed}.stages" / part
+                    if not dst.exists():
+                        shutil.copytree(out / "_shared" / f"seed{seed}.stages" / part, dst)
             cmd = [args.python, "-m", "visalign.cli", "world", "base", "--world", args.world,
                    "--out", str(mdir), "--preset", args.preset, f"seed={seed}", "progress=false", *ov, *args.overrides]
             log = open(mdir.parent / f"seed{seed}.log", "w")
@@ -142,7 +191,7 @@ def main() -> int:
     result = {"world": args.world, "preset": args.preset, "recipes": {n: ov for n, ov in recipes},
               "common_overrides": args.overrides, "seeds": args.seeds, "jobs": args.jobs,
               "threads": args.threads, "wall_seconds": round(time.time() - t0, 1),
-              "summary": summarise(runs), "runs": runs}
+              "shared_clip": SHARED or None, "summary": summarise(runs), "runs": runs}
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(out / "summary.json")

@@ -8,9 +8,11 @@ how often an object sentence only repeats objects the description already named 
 the micro-world base loses recall).
 
     python benchmarks/diag_lm_scene_descriptions.py --world W --model STAGES/lm_pretrain/model \
-        [--tokenizer STAGES/tokenizer] [--images 100] [--out captions.json]
-    python benchmarks/diag_lm_scene_descriptions.py --chair-json EVALDIR/chair.json
-        # the same repetition statistics for a VLM's evaluated descriptions
+        [--tokenizer STAGES/tokenizer] [--scene-order random|reading] [--images 100] \
+        [--out captions.json]
+    python benchmarks/diag_lm_scene_descriptions.py --chair-json EVALDIR/chair.json [--world W]
+        # the same repetition statistics for a VLM's evaluated descriptions (with --world also
+        # recall over objects with a large instance vs small-only objects)
 """
 
 from __future__ import annotations
@@ -46,6 +48,29 @@ def repeat_stats(captions: list[dict]) -> dict:
             "unique_objects_per_caption": round(unique / max(1, len(captions)), 3)}
 
 
+def recall_by_size(captions: list[dict], instances_json: str) -> dict:
+    """Recall over the present categories of each image, split into those with a large
+    instance and those with small instances only (the world's ``size`` attribute)."""
+    inst = json.loads(Path(instances_json).read_text())
+    names = {c["id"]: c["name"] for c in inst["categories"]}
+    large: dict[int, dict[str, bool]] = {}
+    for a in inst["annotations"]:
+        seen = large.setdefault(a["image_id"], {})
+        n = names[a["category_id"]]
+        seen[n] = seen.get(n, False) or a.get("size") == "large"
+    out = {}
+    for label, want in (("large", True), ("small_only", False)):
+        hit = tot = 0
+        for c in captions:
+            named = {m["category"] for m in c["mentions"]}
+            for n, is_large in large.get(c["image_id"], {}).items():
+                if is_large == want:
+                    tot += 1
+                    hit += n in named
+        out[label] = {"objects": tot, "recall": round(hit / tot, 4) if tot else None}
+    return out
+
+
 def main() -> int:
     import torch
     from transformers import AutoModelForImageTextToText, AutoTokenizer
@@ -61,14 +86,21 @@ def main() -> int:
     ap.add_argument("--chair-json", help="only report repetition of an evaluated chair.json")
     ap.add_argument("--tokenizer", default=None,
                     help="default: the stages dir's tokenizer/ next to the model's stage")
+    ap.add_argument("--scene-order", choices=("random", "reading"), default="random",
+                    help="object order of the scene text (the base's scene_order)")
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--out", default=None, help="also write the descriptions here")
     args = ap.parse_args()
     if args.chair_json:
         res = json.loads(Path(args.chair_json).read_text())
-        print(json.dumps({"chair_json": args.chair_json, "chair": res["metrics"],
-                          "repetition": repeat_stats(res["captions"])}, indent=1))
+        row = {"chair_json": args.chair_json, "chair": res["metrics"],
+               "repetition": repeat_stats(res["captions"])}
+        if args.world:
+            row["recall_by_size"] = recall_by_size(
+                res["captions"], str(load_world(args.world).instances_path(
+                    load_world(args.world).eval_split)))
+        print(json.dumps(row, indent=1))
         return 0
     if not (args.world and args.model):
         ap.error("--world and --model are required (or --chair-json)")
@@ -89,7 +121,8 @@ def main() -> int:
         for img in batch:
             info = coco.loadImgs(img)[0]
             anns = coco.loadAnns(coco.getAnnIds(imgIds=img))
-            scene = scene_text(str(info.get("theme", "scene")), anns, names, rng)
+            scene = scene_text(str(info.get("theme", "scene")), anns, names, rng,
+                               args.scene_order)
             texts.append(prompt.format(q=scene + "\nDescribe this image in detail."))
         enc = tok(texts, return_tensors="pt", padding=True)
         with torch.no_grad():

@@ -207,13 +207,56 @@ def test_packed_scene_lm_texts(tiny_world_dir, tiny_base_dir):
     assert (single["labels"] == _text_collate(tok, 1024)([turns[:1]])["labels"]).all()
 
 
+def test_packed_stages_resolution():
+    """`pack_turns=true` packs every stage; `pack_stages` names some; a typo is an error."""
+    import pytest
+
+    from visalign.world.base import base_config, packed_stages
+
+    assert packed_stages(base_config("tiny")) == set()
+    assert packed_stages(base_config("tiny", {"pack_turns": True})) == {
+        "lm_pretrain", "stage1", "stage2"}
+    assert packed_stages(base_config("tiny", {"pack_stages": "lm_pretrain, stage2"})) == {
+        "lm_pretrain", "stage2"}
+    with pytest.raises(ValueError, match="lm_pretrian"):
+        packed_stages(base_config("tiny", {"pack_stages": "lm_pretrian"}))
+
+
+def test_scene_text_reading_order():
+    """scene_order=reading lists objects by grid row, then centre x, whatever their input
+    order, and draws nothing from the rng; the default order is a seeded shuffle."""
+    import random
+
+    from visalign.world.base import scene_text
+
+    names = {1: "cup", 2: "fork", 3: "dog"}
+    anns = [  # bbox = x, y, w, h
+        {"category_id": 3, "bbox": [40, 50, 10, 10], "region": "bottom right", "color": "black"},
+        {"category_id": 1, "bbox": [30, 2, 10, 10], "region": "top", "color": "red"},
+        {"category_id": 2, "bbox": [2, 25, 10, 10], "region": "left", "color": "white"},
+        {"category_id": 2, "bbox": [2, 4, 6, 6], "region": "top left", "color": "white"},
+    ]
+    rng = random.Random(0)
+    state = rng.getstate()
+    got = scene_text("kitchen", anns, names, rng, "reading")
+    assert got == ("kitchen: white fork top left; red cup top; white fork left; "
+                   "black dog bottom right.")
+    assert rng.getstate() == state
+    assert scene_text("kitchen", anns[::-1], names, rng, "reading") == got
+    shuffled = {scene_text("kitchen", anns, names, random.Random(s)) for s in range(8)}
+    assert len(shuffled) > 1
+    assert scene_text("kitchen", anns, names, random.Random(3)) == scene_text(
+        "kitchen", anns, names, random.Random(3))
+
+
 def test_base_with_packed_turns(tiny_world_dir, tiny_base_dir, tmp_path):
-    """`pack_turns=true` trains LM pre-training and both LLaVA stages on one conversation per
-    training image (CLIP and tokenizer reused from the tiny base)."""
+    """`pack_stages` trains the named stages on one conversation per training image and the
+    others on one sequence per record (CLIP and tokenizer reused from the tiny base)."""
     import json
     import shutil
 
     from visalign.data.coco import load_coco_instances
+    from visalign.data.llava import load_llava_records
     from visalign.models import load_vlm
     from visalign.world import load_world
     from visalign.world.base import base_config, build_base_model
@@ -223,16 +266,20 @@ def test_base_with_packed_turns(tiny_world_dir, tiny_base_dir, tmp_path):
     for name in ("tokenizer", "clip", "llava.init"):
         shutil.copytree(src / name, stages / name)
     cfg = base_config("tiny", {"world": str(tiny_world_dir), "out": str(tmp_path / "base"),
-                               "progress": False, "skip_eval": True, "pack_turns": True,
+                               "progress": False, "skip_eval": True,
+                               "pack_stages": "lm_pretrain,stage2",
                                "lm_pretrain": {"batch_size": 8, "epochs": 1.0},
                                "stage1": {"batch_size": 8, "epochs": 1.0},
                                "stage2": {"batch_size": 8, "epochs": 1.0}})
     build_base_model(cfg)
     n_images = len(load_coco_instances(load_world(tiny_world_dir).instances_path("train"))
                    .getImgIds())
-    for name in ("lm_pretrain", "stage1", "stage2"):
+    s1_records = [r for r in load_llava_records(load_world(tiny_world_dir).llava_path("train"))
+                  if r.get("task") in ("caption", "existence")]
+    for name, n in (("lm_pretrain", n_images), ("stage1", len(s1_records)),
+                    ("stage2", n_images)):
         summary = json.loads((stages / name / "train_summary.json").read_text())
-        assert summary["samples"] == n_images, name     # one conversation per image, one epoch
+        assert summary["samples"] == n, name     # packed: one conversation per image, one epoch
         assert summary["last"]["loss"] == summary["last"]["loss"]  # not NaN
     vlm = load_vlm(str(tmp_path / "base"))
     assert vlm.model is not None

@@ -113,6 +113,10 @@ def _base(args: argparse.Namespace) -> int:
 
     cfg = base_config_from_args(args)
     result = build_base_model(cfg)
+    if "stopped_after" in result:
+        print(f"stopped after {result['stopped_after']}: stages in {args.out}.stages/ "
+              f"(run again without stop_after to go on)")
+        return 0
     m = result["metrics"]
     keys = ("chair_s", "chair_i", "chair", "recall", "pope_random_accuracy",
             "pope_popular_accuracy", "pope_adversarial_accuracy", "qa_accuracy", "clip_auroc")

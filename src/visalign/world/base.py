@@ -81,6 +81,11 @@ class BaseModelConfig:
         "(teaches the LM to read its context); 'answers' = the answers alone (language only)")
     lookup_per_image: int = field(
         6, help="extra yes/no existence questions per training image in the 'scene' LM text")
+    scene_order: Literal["random", "reading"] = field(
+        "random", help="object order of the 'scene' LM text: 'random' (position in the list "
+        "means nothing) or 'reading' (rows of the 3x3 grid top to bottom, then left to right, "
+        "the order of the image's patch tokens and of a world built with "
+        "description_order=reading)")
     pack_turns: bool = field(
         False, help="train each stage on one multi-turn conversation per image (its records "
         "in a seeded random order, like LLaVA-665K) instead of one sequence per record: the "
@@ -89,6 +94,11 @@ class BaseModelConfig:
         "sizes count conversations, so lower them to keep the optimiser steps. Off: on the "
         "micro-world it cut LM pre-training 2.4x but POPE fell towards chance "
         "(docs/microworld_grounding.md)")
+    pack_stages: str = field(
+        "", help="comma-separated stages (lm_pretrain, stage1, stage2) to train on packed "
+        "per-image conversations; `pack_turns=true` packs all three. 'lm_pretrain' alone keeps "
+        "the VLM stages one question per image sequence, so answers cannot be read off earlier "
+        "turns there")
     vision_feature_layer: int = field(
         -1, help="ViT hidden layer the VLM reads (-1: the last, which the dense CLIP loss trains)")
     stage1_tasks: str = field(
@@ -96,6 +106,9 @@ class BaseModelConfig:
     stage1: StageSettings = field(default_factory=lambda: StageSettings(2.0, 2e-3, 32))
     stage2: StageSettings = field(default_factory=lambda: StageSettings(1.0, 3e-4, 32))
     eval: EvalSettings = field(default_factory=EvalSettings)
+    stop_after: Literal["", "clip", "lm_pretrain", "stage1"] = field(
+        "", help="end after this stage (its outputs stay in OUT.stages/, a later run without "
+        "it resumes from there); no model dir, no evaluation")
     skip_eval: bool = field(False, help="do not run the held-out evaluation")
     progress: bool = field(True, help="progress bars")
 
@@ -194,6 +207,7 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
     from visalign.world import load_world
     from visalign.world.clip_train import object_auroc, train_clip
 
+    packed = packed_stages(cfg)     # a typo fails here, before any training
     world = load_world(cfg.world)
     out = Path(cfg.out)
     work = out.parent / (out.name + ".stages")
@@ -242,6 +256,8 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     clip_summary = read_json(clip_dir / "clip_summary.json")
     timings["clip"] = time.time() - t
+    if cfg.stop_after == "clip":
+        return {"stopped_after": "clip", "timings": timings, "clip": clip_summary}
 
     # 2-4. LLaVA: LM pre-training, projector alignment, instruction tuning
     init_dir = work / "llava.init"
@@ -276,12 +292,12 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
             if recs is None:
                 if cfg.lm_text == "scene":
                     items = scene_lm_texts(world, records, cfg.lookup_per_image, cfg.seed,
-                                           pack=cfg.pack_turns)
+                                           pack=name in packed, order=cfg.scene_order)
                 else:
                     items = [(t, "") for t in _lm_texts(records)]
-                collate = _text_collate(tok, max_length=1024 if cfg.pack_turns else 256)
+                collate = _text_collate(tok, max_length=1024 if name in packed else 256)
             else:
-                if cfg.pack_turns:
+                if name in packed:
                     recs = pack_by_image(recs, cfg.seed)
                 items = conversation_items(recs, str(world.image_root))
                 collate = make_collate(vlm)
@@ -290,6 +306,8 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
             run_training(tcfg, vlm, items, collate, ce, name=name)
         prev = sdir / "model"
         timings[name] = time.time() - t
+        if cfg.stop_after == name:
+            return {"stopped_after": name, "timings": timings, "clip": clip_summary}
 
     # final model dir = stage 2 model + verifier
     if out.exists():
@@ -312,6 +330,20 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
     log.close()
     del torch
     return result
+
+
+BASE_STAGES = ("lm_pretrain", "stage1", "stage2")
+
+
+def packed_stages(cfg: BaseModelConfig) -> set[str]:
+    """The stages that train on packed per-image conversations (``pack_turns`` = all)."""
+    if cfg.pack_turns:
+        return set(BASE_STAGES)
+    packed = {x.strip() for x in cfg.pack_stages.split(",") if x.strip()}
+    if packed - set(BASE_STAGES):
+        raise ValueError(f"pack_stages: unknown stage(s) {sorted(packed - set(BASE_STAGES))}; "
+                         f"choose from {', '.join(BASE_STAGES)}")
+    return packed
 
 
 def _stage_loss(weighting: str, items: list, collate: Any, seed: int, batch_size: int,
@@ -349,18 +381,33 @@ def _lm_texts(records: list[dict]) -> list[str]:
     return [t["value"] for r in records for t in r["conversations"] if t["from"] == "gpt"]
 
 
-def scene_text(theme: str, objects: list[dict], names: dict, rng: Any) -> str:
+def scene_text(theme: str, objects: list[dict], names: dict, rng: Any,
+               order: str = "random") -> str:
     """The true scene in words, where the image goes: "beach: large black person bottom left;
-    large white chair top." (objects in random order, so position in the list means nothing)."""
+    large white chair top." Objects in random order (position in the list means nothing) or,
+    with ``order="reading"``, by grid row then centre x (``Scene.categories_in_reading_order``'s
+    key; drawing nothing from ``rng`` then)."""
     objs = list(objects)
-    rng.shuffle(objs)
+    if order == "reading":
+        objs.sort(key=_reading_key)
+    elif order == "random":
+        rng.shuffle(objs)
+    else:
+        raise ValueError(f"scene order {order!r} is not 'random' or 'reading'")
     parts = [f"{a.get('size', '')} {a.get('color', '')} {names[a['category_id']]} "
              f"{a.get('region', '')}".strip() for a in objs]
     return f"{theme}: " + "; ".join(" ".join(p.split()) for p in parts) + "."
 
 
+def _reading_key(a: dict) -> tuple[int, float]:
+    from visalign.world.scenes import REGIONS
+
+    x, _, w, _ = a["bbox"]
+    return REGIONS.index(a["region"]) // 3, x + w / 2
+
+
 def scene_lm_texts(world: Any, records: list[dict], lookup_per_image: int,
-                   seed: int, pack: bool = False) -> list:
+                   seed: int, pack: bool = False, order: str = "random") -> list:
     """(prompt, answer) chat texts for LM pre-training with the scene written out in words.
 
     A pretrained LLM brings two things to LLaVA: a language prior and the ability to read its
@@ -375,6 +422,7 @@ def scene_lm_texts(world: Any, records: list[dict], lookup_per_image: int,
     Items are ``(prompt, answer)`` pairs; with ``pack`` each item is instead the list of one
     image's turns (the scene written once, in the first turn; records and lookups in a seeded
     random order), as :func:`visalign.data.llava.pack_by_image` does for the VLM stages.
+    ``order`` is :func:`scene_text`'s object order.
     """
     import random
 
@@ -382,7 +430,7 @@ def scene_lm_texts(world: Any, records: list[dict], lookup_per_image: int,
     from visalign.world.vocab import with_article
 
     if pack:
-        return _packed_scene_lm_texts(world, records, lookup_per_image, seed)
+        return _packed_scene_lm_texts(world, records, lookup_per_image, seed, order)
     rng = random.Random(f"{seed}:scene-lm")
     by_file, names = _train_scenes(world)
     syn = _synonym_table(world)
@@ -393,11 +441,11 @@ def scene_lm_texts(world: Any, records: list[dict], lookup_per_image: int,
             continue
         theme, anns = by_file[r["image"]]
         conv = r["conversations"]
-        q = conv[0]["value"].replace("<image>", scene_text(theme, anns, names, rng))
+        q = conv[0]["value"].replace("<image>", scene_text(theme, anns, names, rng, order))
         out.append((tmpl[0].format(q=q), tmpl[1].format(a=conv[1]["value"])))
     for theme, anns in by_file.values():
         for noun, yes in _lookups(rng, anns, names, syn, lookup_per_image):
-            q = (scene_text(theme, anns, names, rng) + "\n"
+            q = (scene_text(theme, anns, names, rng, order) + "\n"
                  + rng.choice(EXISTENCE_QUESTIONS).format(a=with_article(noun)))
             out.append((tmpl[0].format(q=q), tmpl[1].format(a="Yes" if yes else "No")))
     rng.shuffle(out)
@@ -419,7 +467,7 @@ def _lookups(rng: Any, anns: list[dict], names: dict[int, str], syn: dict[str, l
 
 
 def _packed_scene_lm_texts(world: Any, records: list[dict], lookup_per_image: int,
-                           seed: int) -> list[list[tuple[str, str]]]:
+                           seed: int, order: str = "random") -> list[list[tuple[str, str]]]:
     import random
 
     from visalign.world.text import EXISTENCE_QUESTIONS
@@ -444,7 +492,7 @@ def _packed_scene_lm_texts(world: Any, records: list[dict], lookup_per_image: in
         if not qa:
             continue
         rng.shuffle(qa)
-        qa[0] = (scene_text(theme, anns, names, rng) + "\n" + qa[0][0], qa[0][1])
+        qa[0] = (scene_text(theme, anns, names, rng, order) + "\n" + qa[0][0], qa[0][1])
         out.append([(tmpl[0].format(q=q), tmpl[1].format(a=a)) for q, a in qa])
     rng.shuffle(out)
     return out
