@@ -4,11 +4,15 @@ its constructed data and measure the base's yes/no loss on that data; prints one
 Variants (each trained with the cell's own SFT config and evaluated with the grid's suite):
 ``no_doubled`` drops the doubled "Is the answer X?" -> "No." pairs; ``shuffled`` shuffles the QA
 order of the long conversations; ``oneword`` cuts Yes/No answers to the one word; ``exist_only``
-keeps only the Yes/No pairs of the long conversations. ``yes_no_loss``: the base's
+keeps only the Yes/No pairs of the long conversations; ``full`` is the cell's data unchanged
+(the reference row under the same ``--set``); ``drop=REGEX`` drops the QA pairs whose
+question matches REGEX (e.g. ``drop=^What color``). ``--set k=v`` overrides the cell's SFT config
+(e.g. ``kl_coef=1.0``, ``lora.r=4``, ``lr=1e-4``) for every variant. ``yes_no_loss``: the base's
 log P(Yes) − log P(No) on the data's existence questions (single turn), split by the answer the
 data teach, with the summed first-token gradient mass Σ(1 − p(taught answer)).
 
-    python benchmarks/diag_nsft_pope.py --grid GRID --out runs/nsft_pope_diag [--size 300]
+    python benchmarks/diag_nsft_pope.py --grid GRID --out runs/nsft_pope_diag [--size 300] \
+        [--variants full exist_only ...] [--set kl_coef=1.0 ...] [--skip-yes-no-loss]
 """
 
 from __future__ import annotations
@@ -45,7 +49,13 @@ def variant(data: list[dict], name: str) -> list[dict]:
     for r in data:
         conv = r["conversations"]
         doubled = any(DOUBLED in t["value"] for t in conv)
-        if name == "no_doubled":
+        if name == "full":
+            kept = _pairs(conv)
+        elif name.startswith("drop="):
+            pat = re.compile(name[5:])
+            kept = [p for p in _pairs(conv)
+                    if not pat.search(p[0]["value"].replace("<image>\n", ""))]
+        elif name == "no_doubled":
             kept = [p for p in _pairs(conv)
                     if not (DOUBLED in p[0]["value"] and p[1]["value"] == "No.")]
         elif name == "oneword":
@@ -100,6 +110,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", type=int, default=300)
     ap.add_argument("--variants", nargs="+",
                     default=["no_doubled", "shuffled", "oneword", "exist_only"])
+    ap.add_argument("--set", nargs="*", default=[], metavar="K=V",
+                    help="SFT config overrides for every variant")
+    ap.add_argument("--skip-yes-no-loss", action="store_true")
+    ap.add_argument("--cell", default=None,
+                    help="grid cell whose training config and data are used (default "
+                         "nsft-SIZE; e.g. cont-sft-300, which only makes sense with `full`)")
+    ap.add_argument("--eval-world", default=None,
+                    help="evaluate on this world instead of the grid's (same images and "
+                         "training data, e.g. built with n_test=300)")
+    ap.add_argument("--eval-split", default=None,
+                    help="held-out split to evaluate on (default: the grid's, val). Choose "
+                         "settings on a split the grid does not report, e.g. test")
+    ap.add_argument("--with-base", action="store_true", help="also evaluate the grid's base")
     args = ap.parse_args(argv)
 
     from visalign.compare import CompareConfig
@@ -110,27 +133,38 @@ def main(argv: list[str] | None = None) -> dict:
     from visalign.world import load_world
 
     grid, out = Path(args.grid), Path(args.out)
-    cell = grid / "cells" / f"nsft-{args.size}"
-    data = json.loads((cell / "nsft_data" / "nsft.json").read_text())
+    cell = grid / "cells" / (args.cell or f"nsft-{args.size}")
+    cell_cfg = load_config(SftConfig, cell / "train" / "config.yaml")
+    data = json.loads(Path(cell_cfg.data).read_text())
     world = load_world(grid / "world")
+    eval_world = load_world(args.eval_world) if args.eval_world else world
     eval_cfg = load_config(CompareConfig, grid / "config.yaml").eval
-    report = {"grid": str(grid), "yes_no_loss": yes_no_loss(str(grid / "base"), data,
-                                                            Path(world.image_root)),
-              "rows": []}
+    if args.eval_split:
+        eval_cfg.split = args.eval_split
+    keys = ("chair", "chair_s", "chair_i", "recall", "pope_f1", "pope_random_yes_ratio",
+            "avg_len")
+    report = {"grid": str(grid), "cell": cell.name, "sft_overrides": args.set,
+              "eval_world": str(eval_world.root), "eval_split": eval_cfg.split, "rows": []}
+    if args.with_base:
+        with contextlib.redirect_stdout(sys.stderr):
+            m = evaluate_model(str(grid / "base"), eval_world, out / "base" / "eval",
+                               eval_cfg)["metrics"]
+        report["rows"].append({"variant": "base", **{k: round(m[k], 4) for k in keys}})
+    if not args.skip_yes_no_loss:
+        report["yes_no_loss"] = yes_no_loss(str(grid / "base"), data, Path(world.image_root))
     for name in args.variants:
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
         recs = variant(data, name)
         write_json(d / "data.json", recs)
         cfg = load_config(SftConfig, cell / "train" / "config.yaml",
-                          {"out": str(d / "train"), "data": str(d / "data.json"),
-                           "progress": False})
+                          [*args.set, f"out={d / 'train'}", f"data={d / 'data.json'}",
+                           "progress=false"])
         with contextlib.redirect_stdout(sys.stderr):
             res = train_sft(cfg)
-            m = evaluate_model(str(res.model_dir), world, d / "eval", eval_cfg)["metrics"]
+            m = evaluate_model(str(res.model_dir), eval_world, d / "eval", eval_cfg)["metrics"]
         report["rows"].append({"variant": name, "records": len(recs),
-                               **{k: round(m[k], 4) for k in ("chair", "chair_s", "chair_i",
-                                                              "recall", "pope_f1")}})
+                               **{k: round(m[k], 4) for k in keys}})
     print(json.dumps(report, indent=2))
     return report
 
