@@ -1,0 +1,102 @@
+"""How far is the base recipe from its compute floor on this machine? Prints one JSON object.
+
+For each LLaVA training stage of ``visalign world base`` (LM pre-training on scene text,
+stage 1, stage 2), counts the tokens one epoch feeds the model (answer tokens, all real tokens,
+and padded positions under the recipe's random batches), then times forward + backward +
+AdamW steps of the packaged base on real batches of that stage with the stage's trainable
+parameters, and reports the measured throughput and the implied seconds per stage. If the
+implied seconds are close to the recorded stage times (``eval.json`` timings), the stage is
+compute-bound and only fewer or shorter sequences, or a smaller model, can make it faster.
+
+    python benchmarks/bench_base_compute.py --world W [--model M] [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+
+def main() -> int:
+    import torch
+
+    from visalign.compare import packaged_base_dir
+    from visalign.data.llava import load_llava_records
+    from visalign.methods.sft import conversation_items, make_collate
+    from visalign.models import load_vlm
+    from visalign.training import set_trainable
+    from visalign.world import load_world
+    from visalign.world.base import _text_collate, base_config, scene_lm_texts
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--world", required=True)
+    ap.add_argument("--model", default=None, help="default: the packaged base")
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per stage (after 2 warm-up)")
+    ap.add_argument("--count-batches", type=int, default=200,
+                    help="random batches sampled to estimate padded positions")
+    args = ap.parse_args()
+    cfg = base_config("small")
+    model_dir = args.model or str(packaged_base_dir())
+    world = load_world(args.world)
+    vlm = load_vlm(model_dir)
+    tok = vlm.processor.tokenizer if hasattr(vlm.processor, "tokenizer") else vlm.tokenizer
+    records = load_llava_records(world.llava_path("train"))
+    s1_tasks = {t.strip() for t in cfg.stage1_tasks.split(",")}
+    stages = {
+        "lm_pretrain": (cfg.lm_pretrain, "lm",
+                        scene_lm_texts(world, records, cfg.lookup_per_image, cfg.seed),
+                        _text_collate(tok, 256)),
+        "stage1": (cfg.stage1, "projector",
+                   conversation_items([r for r in records if r.get("task") in s1_tasks],
+                                      str(world.image_root)), make_collate(vlm)),
+        "stage2": (cfg.stage2, "lm+projector",
+                   conversation_items([r for r in records if r.get("task") != "caption"],
+                                      str(world.image_root)), make_collate(vlm)),
+    }
+    model = vlm.model
+    rng = random.Random(0)
+    out: dict = {"model": model_dir, "threads": torch.get_num_threads(), "stages": {}}
+    for name, (st, trainable, items, collate) in stages.items():
+        # one-epoch token counts, estimated from random batches of the stage's size
+        real = padded = answer = 0
+        for _ in range(args.count_batches):
+            b = collate([items[rng.randrange(len(items))] for _ in range(st.batch_size)])
+            real += int(b["attention_mask"].sum())
+            padded += b["attention_mask"].numel()
+            answer += int((b["labels"] != -100).sum())
+        per_batch = {"real": real / args.count_batches, "padded": padded / args.count_batches,
+                     "answer": answer / args.count_batches}
+        steps_per_epoch = len(items) / st.batch_size
+        # timed steps
+        set_trainable(model, trainable)
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+        times = []
+        for i in range(args.steps + 2):
+            b = collate([items[rng.randrange(len(items))] for _ in range(st.batch_size)])
+            t0 = time.perf_counter()
+            model(**b).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+        step_s = sum(times) / len(times)
+        out["stages"][name] = {
+            "items": len(items), "epochs": st.epochs, "batch_size": st.batch_size,
+            "tokens_per_batch": {k: round(v, 1) for k, v in per_batch.items()},
+            "padding_share": round(1 - per_batch["real"] / per_batch["padded"], 3),
+            "step_seconds": round(step_s, 4),
+            "padded_tokens_per_second": round(per_batch["padded"] / step_s, 1),
+            "implied_stage_seconds": round(step_s * steps_per_epoch * st.epochs, 1),
+            "implied_seconds_without_padding": round(
+                step_s * steps_per_epoch * st.epochs * per_batch["real"] / per_batch["padded"], 1),
+        }
+        print(json.dumps({name: out["stages"][name]}), flush=True, file=__import__("sys").stderr)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
