@@ -319,3 +319,29 @@ def test_stage_loss_dataset_weighting(tiny_world_dir, tiny_base_dir):
     assert normaliser > n_short
     with pytest.raises(ValueError, match="token_weighting"):
         _stage_loss("tokens", items, collate, 0, 8)
+
+
+def test_base_stop_after_keeps_stages_and_resumes(tiny_world_dir, tiny_base_dir, tmp_path):
+    """`stop_after=lm_pretrain` ends with the LM stage saved and no model dir; the same command
+    without it resumes from there (the LM stage is not retrained)."""
+    import json
+    import shutil
+
+    from visalign.world.base import base_config, build_base_model
+
+    stages = tmp_path / "base.stages"
+    src = tiny_base_dir.parent / (tiny_base_dir.name + ".stages")
+    for name in ("tokenizer", "clip", "llava.init"):
+        shutil.copytree(src / name, stages / name)
+    over = {"world": str(tiny_world_dir), "out": str(tmp_path / "base"), "progress": False,
+            "skip_eval": True, "lm_pretrain": {"epochs": 0.5}, "stage1": {"epochs": 0.25},
+            "stage2": {"epochs": 0.25}}
+    res = build_base_model(base_config("tiny", {**over, "stop_after": "lm_pretrain"}))
+    assert res["stopped_after"] == "lm_pretrain"
+    assert (stages / "lm_pretrain" / "model" / "config.json").exists()
+    assert not (stages / "stage1").exists() and not (tmp_path / "base").exists()
+    lm_summary = (stages / "lm_pretrain" / "train_summary.json").read_text()
+    build_base_model(base_config("tiny", over))
+    assert (tmp_path / "base" / "config.json").exists()
+    assert (stages / "lm_pretrain" / "train_summary.json").read_text() == lm_summary
+    assert json.loads((stages / "stage2" / "train_summary.json").read_text())["steps"] > 0
