@@ -11,6 +11,7 @@
 #   STAGES0=DIR     tokenizer/ and clip/ of seed 0 trained elsewhere on the same world (with
 #                   SHARED_CLIP=1: used instead of training them here)
 #   DIAG=1          afterwards, benchmarks/diag_lm_scene_descriptions.py on every run's LM
+# Per-run files (eval.json, LM summaries, logs, diagnostics) end up in $OUT/runs.tgz.
 set -o pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
@@ -66,3 +67,14 @@ for f in sys.argv[1:]:
           "len", c["avg_len"], "repeats", r["repeat_only_share"], "objs", r["unique_objects_per_caption"])
 PY
 fi
+# The device returns at most 8 files: pack every run's eval.json, LM summary and log with the
+# sweep's outputs into one archive, keeping summary.json and progress.log loose.
+mkdir -p /tmp/keep
+for st in /tmp/bs/*/seed*.stages; do
+  d=${st%.stages}; n=$(basename $(dirname $d))_$(basename $d)
+  cp $d/eval.json /tmp/keep/eval_$n.json 2>/dev/null
+  cp $st/lm_pretrain/train_summary.json /tmp/keep/lm_$n.json 2>/dev/null
+  cp $d.log /tmp/keep/log_$n.txt 2>/dev/null
+done
+mv $OUT/diag_* /tmp/keep/ 2>/dev/null
+tar czf $OUT/runs.tgz -C /tmp keep && echo "packed $(ls /tmp/keep | wc -l) files into \$OUT/runs.tgz"
