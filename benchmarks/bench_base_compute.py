@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 
 
@@ -93,7 +94,7 @@ def main() -> int:
             "implied_seconds_without_padding": round(
                 step_s * steps_per_epoch * st.epochs * per_batch["real"] / per_batch["padded"], 1),
         }
-        print(json.dumps({name: out["stages"][name]}), flush=True, file=__import__("sys").stderr)
+        print(json.dumps({name: out["stages"][name]}), flush=True, file=sys.stderr)
     print(json.dumps(out, indent=1))
     return 0
 

@@ -385,8 +385,8 @@ def scene_text(theme: str, objects: list[dict], names: dict, rng: Any,
                order: str = "random") -> str:
     """The true scene in words, where the image goes: "beach: large black person bottom left;
     large white chair top." Objects in random order (position in the list means nothing) or,
-    with ``order="reading"``, by grid row then centre x (``Scene.categories_in_reading_order``'s
-    key; drawing nothing from ``rng`` then)."""
+    with ``order="reading"``, by ``scenes.reading_key`` (the order of ``Scene.
+    categories_in_reading_order``; drawing nothing from ``rng`` then)."""
     objs = list(objects)
     if order == "reading":
         objs.sort(key=_reading_key)
@@ -400,10 +400,10 @@ def scene_text(theme: str, objects: list[dict], names: dict, rng: Any,
 
 
 def _reading_key(a: dict) -> tuple[int, float]:
-    from visalign.world.scenes import REGIONS
+    from visalign.world.scenes import reading_key
 
     x, _, w, _ = a["bbox"]
-    return REGIONS.index(a["region"]) // 3, x + w / 2
+    return reading_key(a["region"], x + w / 2)
 
 
 def scene_lm_texts(world: Any, records: list[dict], lookup_per_image: int,

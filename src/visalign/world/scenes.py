@@ -87,16 +87,19 @@ class Scene:
             best[o.category] = max(best.get(o.category, 0), o.area)
         return sorted(best, key=lambda c: -best[c])
 
-
     def categories_in_reading_order(self) -> list[str]:
-        """Distinct categories by their first instance in reading order: rows of the 3 x 3
-        grid top to bottom, then left to right by centre."""
+        """Distinct categories by their first instance in reading order (:func:`reading_key`)."""
         key: dict[str, tuple[int, float]] = {}
         for o in self.objects:
-            cx, cy = o.center
-            k = (min(2, int(cy * 3 // self.height)), cx)
+            k = reading_key(o.region, o.center[0])
             key[o.category] = min(key.get(o.category, k), k)
         return sorted(key, key=lambda c: key[c])
+
+
+def reading_key(region: str, cx: float) -> tuple[int, float]:
+    """Sort key of reading order: the 3 x 3 grid's row of ``region`` top to bottom, then the
+    centre x left to right (the order of the image's patch tokens)."""
+    return REGIONS.index(region) // 3, cx
 
 
 def region_of(cx: float, cy: float, width: int, height: int) -> str:
@@ -237,5 +240,5 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
     return ix * iy / max(1, min(a[2] * a[3], b[2] * b[3]))
 
 
-__all__ = ["Scene", "SceneObject", "SceneParams", "sample_scene", "region_of", "relation",
-           "holds", "theme_probs", "global_probs"]
+__all__ = ["Scene", "SceneObject", "SceneParams", "sample_scene", "reading_key", "region_of",
+           "relation", "holds", "theme_probs", "global_probs"]
