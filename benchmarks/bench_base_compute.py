@@ -35,6 +35,11 @@ def main() -> int:
     ap.add_argument("--world", required=True)
     ap.add_argument("--model", default=None, help="default: the packaged base")
     ap.add_argument("--steps", type=int, default=8, help="timed steps per stage (after 2 warm-up)")
+    ap.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+                    help="bf16: forward under torch.autocast (CPU bf16 matmuls), as "
+                    "TrainConfig.mixed_precision=bf16 trains")
+    ap.add_argument("--stages", default="lm_pretrain,stage1,stage2",
+                    help="comma list of the stages to time")
     ap.add_argument("--count-batches", type=int, default=200,
                     help="random batches sampled to estimate padded positions")
     args = ap.parse_args()
@@ -58,8 +63,14 @@ def main() -> int:
     }
     model = vlm.model
     rng = random.Random(0)
-    out: dict = {"model": model_dir, "threads": torch.get_num_threads(), "stages": {}}
+    import contextlib
+
+    out: dict = {"model": model_dir, "threads": torch.get_num_threads(),
+                 "mixed_precision": args.mixed_precision, "stages": {}}
+    wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
     for name, (st, trainable, items, collate) in stages.items():
+        if name not in wanted:
+            continue
         # one-epoch token counts, estimated from random batches of the stage's size
         real = padded = answer = 0
         for _ in range(args.count_batches):
@@ -78,7 +89,11 @@ def main() -> int:
         for i in range(args.steps + 2):
             b = collate([items[rng.randrange(len(items))] for _ in range(st.batch_size)])
             t0 = time.perf_counter()
-            model(**b).loss.backward()
+            cast = (torch.autocast("cpu", dtype=torch.bfloat16)
+                    if args.mixed_precision == "bf16" else contextlib.nullcontext())
+            with cast:
+                loss = model(**b).loss
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             if i >= 2:

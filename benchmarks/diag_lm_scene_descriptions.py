@@ -8,7 +8,7 @@ how often an object sentence only repeats objects the description already named 
 the micro-world base loses recall).
 
     python benchmarks/diag_lm_scene_descriptions.py --world W --model STAGES/lm_pretrain/model \
-        [--tokenizer STAGES/tokenizer] [--scene-order random|reading] [--images 100] \
+        [--tokenizer STAGES/tokenizer] [--scene-order random|reading|category|rank] [--images 100] \
         [--out captions.json]
     python benchmarks/diag_lm_scene_descriptions.py --chair-json EVALDIR/chair.json [--world W]
         # the same repetition statistics for a VLM's evaluated descriptions (with --world also
@@ -86,7 +86,7 @@ def main() -> int:
     ap.add_argument("--chair-json", help="only report repetition of an evaluated chair.json")
     ap.add_argument("--tokenizer", default=None,
                     help="default: the stages dir's tokenizer/ next to the model's stage")
-    ap.add_argument("--scene-order", choices=("random", "reading"), default="random",
+    ap.add_argument("--scene-order", choices=("random", "reading", "category", "rank"), default="random",
                     help="object order of the scene text (the base's scene_order)")
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--max-new-tokens", type=int, default=96)
@@ -113,6 +113,8 @@ def main() -> int:
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     rng = random.Random(0)
     prompt = world_chat_template()[0]
+    keys = (load_world(args.world).vocab.order_keys(args.scene_order)
+            if args.scene_order in ("category", "rank") else None)
     rows = []
     ids = sorted(coco.getImgIds())[: args.images]
     for i in range(0, len(ids), 16):
@@ -122,7 +124,7 @@ def main() -> int:
             info = coco.loadImgs(img)[0]
             anns = coco.loadAnns(coco.getAnnIds(imgIds=img))
             scene = scene_text(str(info.get("theme", "scene")), anns, names, rng,
-                               args.scene_order)
+                               args.scene_order, keys)
             texts.append(prompt.format(q=scene + "\nDescribe this image in detail."))
         enc = tok(texts, return_tensors="pt", padding=True)
         with torch.no_grad():

@@ -322,3 +322,18 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_llava_d
     w1, w2 = _weights(one.model_dir), _weights(two / "model")
     assert w1.keys() == w2.keys()
     assert all(torch.allclose(w1[k], w2[k], atol=1e-4) for k in w1)
+
+
+def test_bf16_mixed_precision_autocasts_and_keeps_fp32_weights(tiny_llava_dir, data_dir,
+                                                                tmp_path):
+    """mixed_precision=bf16 runs the forward in bf16 on the CPU (the step-1 loss moves off the
+    fp32 one by bf16 rounding, but stays close), still learns, and saves float32 weights."""
+    kw = dict(batch_size=1, max_steps=6, lr=2e-3, schedule="constant", trainable="full")
+    train_sft(_cfg(tiny_llava_dir, data_dir / "one.json", tmp_path / "fp32", **kw))
+    train_sft(_cfg(tiny_llava_dir, data_dir / "one.json", tmp_path / "bf16",
+                   mixed_precision="bf16", **kw))
+    fp32, bf16 = _log(tmp_path / "fp32"), _log(tmp_path / "bf16")
+    assert bf16[0]["loss"] != fp32[0]["loss"]
+    assert bf16[0]["loss"] == pytest.approx(fp32[0]["loss"], rel=5e-2)
+    assert bf16[-1]["loss"] < 0.8 * bf16[0]["loss"]
+    assert all(t.dtype == torch.float32 for t in _weights(tmp_path / "bf16" / "model").values())

@@ -243,6 +243,12 @@ def test_scene_text_reading_order():
                    "black dog bottom right.")
     assert rng.getstate() == state
     assert scene_text("kitchen", anns[::-1], names, rng, "reading") == got
+    by_cat = scene_text("kitchen", anns[::-1], names, rng, "category")
+    assert by_cat == ("kitchen: red cup top; white fork top left; white fork left; "
+                      "black dog bottom right.")
+    assert rng.getstate() == state
+    with pytest.raises(ValueError, match="scene order"):
+        scene_text("kitchen", anns, names, rng, "size")
     shuffled = {scene_text("kitchen", anns, names, random.Random(s)) for s in range(8)}
     assert len(shuffled) > 1
     assert scene_text("kitchen", anns, names, random.Random(3)) == scene_text(

@@ -308,3 +308,49 @@ def test_reading_order_descriptions(tiny, tmp_path):
     assert checked >= 10
     with pytest.raises(ConfigError, match="description_order"):
         world_config("tiny", overrides=["description_order=random"])
+
+
+def _first_mentions(text: str) -> dict[str, int]:
+    """Category -> character position of its first mention (longest surface form first)."""
+    forms = sorted(((f, c.name) for c in default_vocab().categories
+                    for f0 in (c.name, *c.synonyms) for f in (f0, plural(f0))),
+                   key=lambda x: -len(x[0]))
+    first: dict[str, int] = {}
+    masked = text.lower()
+    for f, name in forms:
+        for m in re.finditer(rf"\b{re.escape(f)}\b", masked):
+            first[name] = min(first.get(name, m.start()), m.start())
+            masked = masked[:m.start()] + "#" * len(f) + masked[m.end():]
+    return first
+
+
+def test_category_order_descriptions(tiny, tmp_path):
+    """`description_order=category` names a description's objects in the vocabulary's fixed
+    category order, on the clean split and on the train split with its defects (an injected
+    object written as an object sentence takes its category's place); images and annotations
+    equal the default world's."""
+    out, _ = tiny
+    cat = tmp_path / "category"
+    build_world(world_config("tiny", seed=7, overrides=["description_order=category",
+                                                        "hallucination_rate=1"]), cat)
+    _assert_same_images_and_instances(out, cat)
+    vocab = default_vocab()
+    checked = {"val": 0, "train": 0}
+    for split in checked:
+        coco = load_coco_instances(cat / f"annotations/instances_{split}.json")
+        names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+        for r in load_llava_records(cat / f"llava/{split}.json"):
+            if r["task"] != "detail":
+                continue
+            text = r["conversations"][1]["value"]
+            # The tail form ("There is also a fork near the cup.") comes last by design.
+            body = re.split(r"(?:There is also|Next to the|\w+ can also be seen)", text)[0]
+            first = _first_mentions(body)
+            present = {names[a["category_id"]]
+                       for a in coco.loadAnns(coco.getAnnIds(imgIds=r["image_id"]))}
+            if split == "val":
+                assert set(first) == present, text
+            got = sorted(first, key=lambda c: first[c])
+            assert got == sorted(got, key=vocab.category_id), text
+            checked[split] += 1
+    assert min(checked.values()) >= 10

@@ -16,6 +16,7 @@ sigmoid loss (tested by hand-computed values).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from visalign.config import field, save_run_config
+from visalign.config import ConfigError, field, save_run_config
 from visalign.io import JsonlAppender, write_json
 
 
@@ -61,6 +62,9 @@ class TrainConfig:
     max_length: int = field(0, help="truncate sequences to this many tokens (0 = no limit)")
     seed: int = field(0, help="seed for data order, init of new weights and sampling")
     dtype: str = field("float32", help="model dtype: float32, bfloat16, float16")
+    mixed_precision: Literal["no", "bf16"] = field(
+        "no", help="bf16 = autocast the loss computation to bfloat16 (weights, gradients and "
+        "optimiser stay in the model dtype); also pays on CPUs with AVX512-BF16 or AMX")
     save_every: int = field(0, help="checkpoint every N optimiser steps (0 = only at the end)")
     log_every: int = field(10, help="log every N optimiser steps")
     save_merged: bool = field(True, help="with LoRA, also save the merged model to out/model")
@@ -274,6 +278,13 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
     # N processes. It is stepped here once per synchronised step and checkpointed with the rest.
     model, opt, loader = acc.prepare(model, opt, loader)
     acc.register_for_checkpointing(sched)
+    if cfg.mixed_precision == "bf16":
+        def autocast():
+            return torch.autocast(device_type=acc.device.type, dtype=torch.bfloat16)
+    elif cfg.mixed_precision == "no":
+        autocast = contextlib.nullcontext
+    else:
+        raise ConfigError(f"mixed_precision: {cfg.mixed_precision!r} is not 'no' or 'bf16'")
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "samples": 0}
     ck = latest_checkpoint(out)
@@ -299,7 +310,11 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
             acc_loader = acc.skip_first_batches(loader, state["batch_in_epoch"])
         for batch in acc_loader:
             with acc.accumulate(model):
-                loss, stats = loss_fn(model, batch)
+                # Autocast here rather than via Accelerator(mixed_precision=...): accelerate's
+                # state is a process-wide singleton, so stages with different settings could
+                # not run in one process (the base recipe, the test suite).
+                with autocast():
+                    loss, stats = loss_fn(model, batch)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm:
                     acc.clip_grad_norm_(params, cfg.max_grad_norm)

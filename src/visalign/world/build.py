@@ -83,8 +83,10 @@ class WorldConfig:
         0.5, help="train only: P(a small-only category is left out of a description)")
     description_order: str = field(
         "salience", help="object order in detail descriptions: 'salience' (largest first, as "
-        "GPT-written descriptions tend to go) or 'reading' (top-left to bottom-right, the order "
-        "of the image tokens)")
+        "GPT-written descriptions tend to go), 'reading' (top-left to bottom-right, the order "
+        "of the image tokens), 'category' (the vocabulary's fixed category order, home themes in "
+        "blocks: which object comes next depends only on which came last) or 'rank' (a fixed "
+        "order with the themes interleaved, see Vocab.order_keys)")
     existence_adversarial_prob: float = field(
         0.3, help="share of 'no' existence questions about co-occurring absent objects")
     detail_per_image: int = field(1, help="instruction records per image, by task")
@@ -119,9 +121,9 @@ class WorldConfig:
             a, b = getattr(self, lo), getattr(self, hi)
             if not 2 <= a <= b <= 60:
                 raise ConfigError(f"{lo}/{hi}: need 2 <= {a} <= {b} <= 60")
-        if self.description_order not in ("salience", "reading"):
+        if self.description_order not in ("salience", "reading", "category", "rank"):
             raise ConfigError(f"description_order: {self.description_order!r} is not "
-                              "'salience' or 'reading'")
+                              "'salience', 'reading', 'category' or 'rank'")
         if self.captions_per_image < 1:
             raise ConfigError("captions_per_image must be >= 1")
 

@@ -255,7 +255,10 @@ class TextGen:
     def detail(self, scene: Scene, rng: random.Random, *, defects: bool) -> Detail:
         """A 3-6 sentence description: place, each object (colour/size/position), a relation,
         a count; with ``defects`` maybe an injected absent object and omitted small ones."""
-        cats = (scene.categories_in_reading_order() if self.p.description_order == "reading"
+        order = self.p.description_order
+        keys = self.vocab.order_keys(order) if order in ("category", "rank") else None
+        cats = (scene.categories_in_reading_order() if order == "reading"
+                else sorted(scene.present(), key=keys.__getitem__) if keys is not None
                 else scene.categories_by_salience())
         omitted: list[str] = []
         if defects:
@@ -273,17 +276,18 @@ class TextGen:
 
         # Units: single instances are phrases that may be paired into one sentence; categories
         # with several instances get a sentence of their own.
-        # In reading order a multi-instance sentence keeps its place among the singles (a str
-        # entry there); by salience it goes to a random place, as GPT-written text would.
+        # In a fixed order (reading, category, rank) a multi-instance sentence keeps its place among the
+        # singles (a str entry there); by salience it goes to a random place, as GPT-written
+        # text would.
         singles: list = []     # (noun phrase, location phrase), or a whole sentence
         multis: list[str] = []
-        reading = self.p.description_order == "reading"
+        fixed = order in ("reading", "category", "rank")
         for c in mentioned:
             insts = scene.instances(c)
             if len(insts) == 1:
                 singles.append((self.np_(rng, insts[0]), self.loc(rng, insts[0].region)))
             else:
-                (singles if reading else multis).append(self._multi_sentence(rng, c, insts))
+                (singles if fixed else multis).append(self._multi_sentence(rng, c, insts))
 
         injected: list[str] = []
         tail: list[str] = []
@@ -296,10 +300,12 @@ class TextGen:
                            list(self.vocab.colors)))
                 fake = SceneObject(h, col, "large", (0, 0, 1, 1), rng.choice(REGIONS))
                 if rng.random() < 0.5 or not mentioned:
-                    # Indistinguishable from a true object sentence, at a random position.
-                    singles.insert(rng.randrange(len(singles) + 1),
-                                   (self.np_(rng, fake, size_prob=0.2),
-                                    self.loc(rng, fake.region)))
+                    # Indistinguishable from a true object sentence: at a random position, or
+                    # in category order at the place its category takes.
+                    at = (sum(keys[c] < keys[h] for c in mentioned) if keys is not None
+                          else rng.randrange(len(singles) + 1))
+                    singles.insert(at, (self.np_(rng, fake, size_prob=0.2),
+                                        self.loc(rng, fake.region)))
                 else:
                     anchor = self.noun(rng, mentioned[0])
                     tail.append(rng.choice((

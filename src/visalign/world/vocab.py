@@ -186,6 +186,24 @@ class Vocab:
     def category_id(self, name: str) -> int:
         return self.category(name).id
 
+    def order_keys(self, order: str) -> dict[str, tuple[int, ...]]:
+        """Sort key per category name of a fixed description order: ``category`` = the id
+        order (home themes in blocks, frequent first within each); ``rank`` = themes
+        interleaved (every theme's most frequent category, then every theme's second, ...), so
+        the category after a present one is rarely a co-occurring one."""
+        if order == "category":
+            return {c.name: (c.id,) for c in self.categories}
+        if order == "rank":
+            themes = self.theme_names
+            seen: dict[str, int] = {}
+            keys = {}
+            for c in self.categories:
+                r = seen.get(c.theme, 0)
+                seen[c.theme] = r + 1
+                keys[c.name] = (r, themes.index(c.theme))
+            return keys
+        raise ValueError(f"fixed order {order!r} is not 'category' or 'rank'")
+
     def synonyms_table(self) -> list[list[str]]:
         """CHAIR table rows: ``[name, synonym, ...]``. Plurals are left out (CHAIR singularises)
         except irregular ones a singulariser may miss (``people``)."""
