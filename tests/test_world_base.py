@@ -247,6 +247,11 @@ def test_scene_text_reading_order():
     assert by_cat == ("kitchen: red cup top; white fork top left; white fork left; "
                       "black dog bottom right.")
     assert rng.getstate() == state
+    keys = {"cup": (1, 0), "fork": (0, 0), "dog": (0, 2)}
+    assert scene_text("kitchen", anns, names, rng, "rank", keys) == (
+        "kitchen: white fork left; white fork top left; black dog bottom right; red cup top.")
+    with pytest.raises(ValueError, match="order keys"):
+        scene_text("kitchen", anns, names, rng, "rank")
     with pytest.raises(ValueError, match="scene order"):
         scene_text("kitchen", anns, names, rng, "size")
     shuffled = {scene_text("kitchen", anns, names, random.Random(s)) for s in range(8)}

@@ -324,17 +324,18 @@ def _first_mentions(text: str) -> dict[str, int]:
     return first
 
 
-def test_category_order_descriptions(tiny, tmp_path):
-    """`description_order=category` names a description's objects in the vocabulary's fixed
-    category order, on the clean split and on the train split with its defects (an injected
-    object written as an object sentence takes its category's place); images and annotations
-    equal the default world's."""
+@pytest.mark.parametrize("order", ["category", "rank"])
+def test_fixed_order_descriptions(tiny, tmp_path, order):
+    """`description_order=category|rank` names a description's objects in the vocabulary's
+    fixed order (``Vocab.order_keys``), on the clean split and on the train split with its
+    defects (an injected object written as an object sentence takes its category's place);
+    images and annotations equal the default world's."""
     out, _ = tiny
-    cat = tmp_path / "category"
-    build_world(world_config("tiny", seed=7, overrides=["description_order=category",
+    cat = tmp_path / order
+    build_world(world_config("tiny", seed=7, overrides=[f"description_order={order}",
                                                         "hallucination_rate=1"]), cat)
     _assert_same_images_and_instances(out, cat)
-    vocab = default_vocab()
+    keys = default_vocab().order_keys(order)
     checked = {"val": 0, "train": 0}
     for split in checked:
         coco = load_coco_instances(cat / f"annotations/instances_{split}.json")
@@ -351,6 +352,24 @@ def test_category_order_descriptions(tiny, tmp_path):
             if split == "val":
                 assert set(first) == present, text
             got = sorted(first, key=lambda c: first[c])
-            assert got == sorted(got, key=vocab.category_id), text
+            assert got == sorted(got, key=keys.__getitem__), text
             checked[split] += 1
     assert min(checked.values()) >= 10
+
+
+def test_order_keys():
+    """`category` is the id order; `rank` interleaves the themes: each theme's most frequent
+    category first, and no two neighbours share a home theme within a round."""
+    vocab = default_vocab()
+    cat = vocab.order_keys("category")
+    assert sorted(cat, key=cat.get) == vocab.names
+    rank = vocab.order_keys("rank")
+    order = sorted(rank, key=rank.get)
+    n = len(vocab.themes)
+    assert order[:n] == [[c.name for c in vocab.categories if c.theme == t][0]
+                         for t in vocab.theme_names]
+    assert sorted(order) == sorted(vocab.names)
+    assert all(vocab.category(a).theme != vocab.category(b).theme
+               for a, b in zip(order, order[1:]))
+    with pytest.raises(ValueError, match="fixed order"):
+        vocab.order_keys("salience")
