@@ -86,7 +86,8 @@ def main() -> int:
     ap.add_argument("--chair-json", help="only report repetition of an evaluated chair.json")
     ap.add_argument("--tokenizer", default=None,
                     help="default: the stages dir's tokenizer/ next to the model's stage")
-    ap.add_argument("--scene-order", choices=("random", "reading", "category", "rank"), default="random",
+    ap.add_argument("--scene-order", choices=("random", "reading", "category", "rank"),
+                    default="random",
                     help="object order of the scene text (the base's scene_order)")
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--max-new-tokens", type=int, default=96)

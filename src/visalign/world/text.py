@@ -276,9 +276,9 @@ class TextGen:
 
         # Units: single instances are phrases that may be paired into one sentence; categories
         # with several instances get a sentence of their own.
-        # In a fixed order (reading, category, rank) a multi-instance sentence keeps its place among the
-        # singles (a str entry there); by salience it goes to a random place, as GPT-written
-        # text would.
+        # In a fixed order (reading, category, rank) a multi-instance sentence keeps its place
+        # among the singles (a str entry there); by salience it goes to a random place, as
+        # GPT-written text would.
         singles: list = []     # (noun phrase, location phrase), or a whole sentence
         multis: list[str] = []
         fixed = order in ("reading", "category", "rank")
