@@ -14,6 +14,7 @@ compute-bound and only fewer or shorter sequences, or a smaller model, can make 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
@@ -63,8 +64,6 @@ def main() -> int:
     }
     model = vlm.model
     rng = random.Random(0)
-    import contextlib
-
     out: dict = {"model": model_dir, "threads": torch.get_num_threads(),
                  "mixed_precision": args.mixed_precision, "stages": {}}
     wanted = [s.strip() for s in args.stages.split(",") if s.strip()]

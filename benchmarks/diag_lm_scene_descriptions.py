@@ -79,6 +79,7 @@ def main() -> int:
     from visalign.eval.chair import Chair, load_synonyms
     from visalign.world import load_world
     from visalign.world.base import scene_text, world_chat_template
+    from visalign.world.vocab import KEYED_ORDERS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--world")
@@ -114,8 +115,8 @@ def main() -> int:
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     rng = random.Random(0)
     prompt = world_chat_template()[0]
-    keys = (load_world(args.world).vocab.order_keys(args.scene_order)
-            if args.scene_order in ("category", "rank") else None)
+    keys = (world.vocab.order_keys(args.scene_order)
+            if args.scene_order in KEYED_ORDERS else None)
     rows = []
     ids = sorted(coco.getImgIds())[: args.images]
     for i in range(0, len(ids), 16):

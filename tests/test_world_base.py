@@ -243,7 +243,8 @@ def test_scene_text_reading_order():
                    "black dog bottom right.")
     assert rng.getstate() == state
     assert scene_text("kitchen", anns[::-1], names, rng, "reading") == got
-    by_cat = scene_text("kitchen", anns[::-1], names, rng, "category")
+    by_id = {"cup": (1,), "fork": (2,), "dog": (3,)}
+    by_cat = scene_text("kitchen", anns[::-1], names, rng, "category", by_id)
     assert by_cat == ("kitchen: red cup top; white fork top left; white fork left; "
                       "black dog bottom right.")
     assert rng.getstate() == state

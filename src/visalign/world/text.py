@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from visalign.world.scenes import Scene, SceneObject, holds, relation
-from visalign.world.vocab import (REGION_PHRASES, REGIONS, RELATIONS, WEARS_COLOR, Vocab,
-                                  number_word)
+from visalign.world.vocab import (KEYED_ORDERS, REGION_PHRASES, REGIONS, RELATIONS,
+                                  WEARS_COLOR, Vocab, number_word)
 from visalign.world.vocab import plural as plural_of
 from visalign.world.vocab import with_article
 
@@ -160,6 +160,9 @@ class TextGen:
         self.vocab = vocab
         self.p = params
         self.tp = theme_probs        # (n_themes, n_categories), P(category | theme)
+        # Sort keys of a fixed description order (category, rank), else None.
+        self.order_keys = (vocab.order_keys(params.description_order)
+                           if params.description_order in KEYED_ORDERS else None)
 
     # -- surface forms ---------------------------------------------------------------------
     def noun(self, rng: random.Random, category: str, *, plural: bool = False) -> str:
@@ -256,7 +259,7 @@ class TextGen:
         """A 3-6 sentence description: place, each object (colour/size/position), a relation,
         a count; with ``defects`` maybe an injected absent object and omitted small ones."""
         order = self.p.description_order
-        keys = self.vocab.order_keys(order) if order in ("category", "rank") else None
+        keys = self.order_keys
         cats = (scene.categories_in_reading_order() if order == "reading"
                 else sorted(scene.present(), key=keys.__getitem__) if keys is not None
                 else scene.categories_by_salience())
@@ -281,7 +284,7 @@ class TextGen:
         # GPT-written text would.
         singles: list = []     # (noun phrase, location phrase), or a whole sentence
         multis: list[str] = []
-        fixed = order in ("reading", "category", "rank")
+        fixed = order == "reading" or keys is not None
         for c in mentioned:
             insts = scene.instances(c)
             if len(insts) == 1:

@@ -136,6 +136,10 @@ def number_word(n: int) -> str:
     return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
 
 
+# Description / scene-text orders defined by a fixed sort key per category (Vocab.order_keys).
+KEYED_ORDERS = ("category", "rank")
+
+
 @dataclass(frozen=True)
 class Vocab:
     """Categories (ids 1..N in order), themes and colours; serialisable into world.json."""
