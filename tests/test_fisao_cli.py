@@ -208,6 +208,44 @@ def test_sentence_level_and_margin_ablations_run(calibrated, world, tiny_llava_d
     assert rc == 2 and "image file not found" in capsys.readouterr().err
 
 
+def test_patch_pooled_calibration_drives_training_and_the_annotation_oracle_runs(
+        world, tiny_llava_dir, tiny_clip_dir, tmp_path, capsys):
+    from visalign.eval.chair import load_synonyms
+
+    w, _ = world
+    out = tmp_path / "patch"
+    assert main(_calibrate_args(world, out, tiny_llava_dir, tiny_clip_dir,
+                                "pooling=patch")) == 0
+    c = Calibration.from_json(out / "calibration.json")
+    # probabilities against the CHAIR categories, recorded for the trainer
+    assert c.pooling == "patch"
+    assert c.patch_labels == [row[0] for row in load_synonyms(w / "synonyms.txt")]
+    assert 0.0 < c.s_min <= c.s_max <= 1.0
+    rows = read_jsonl(out / "scores.jsonl")
+    assert all(0.0 < r["token_score"] <= 1.0 for r in rows)
+
+    def train(name, *extra):
+        return main(["train", "fisao", "--model", str(tiny_llava_dir), "--verifier",
+                     str(tiny_clip_dir), "--data", str(w / "llava" / "train.json"),
+                     "--image-root", str(w / "images"), "--calibration",
+                     str(out / "calibration.json"), "--out", str(tmp_path / name), *TRAIN,
+                     "max_steps=1", "log_samples=2", *extra])
+
+    assert train("patch_run") == 0
+    # the trainer scored with the calibration's pooling: every logged score is a probability
+    for smp in read_jsonl(tmp_path / "patch_run" / "samples.jsonl"):
+        assert all(0.0 < m["score"] <= 1.0 for m in smp["mentions"])
+    # the ground-truth oracle: rewards are exactly +1 / -1 / 0
+    assert train("oracle_run", "reward_source=annotations",
+                 f"oracle_instances={w / 'annotations' / 'instances_train.json'}",
+                 f"oracle_synonyms={w / 'synonyms.txt'}") == 0
+    for smp in read_jsonl(tmp_path / "oracle_run" / "samples.jsonl"):
+        assert all(m["reward"] in (-1.0, 0.0, 1.0) for m in smp["mentions"])
+    capsys.readouterr()
+    assert train("oracle_bad", "reward_source=annotations") == 2
+    assert "oracle_instances" in capsys.readouterr().err
+
+
 def test_calibrate_generates_answers_and_fails_clearly_without_labels(world, tiny_llava_dir,
                                                                       tiny_clip_dir, tmp_path,
                                                                       capsys):

@@ -121,6 +121,28 @@ def test_sentence_level_ablation_rewards_whole_responses_on_their_last_token():
                       FisaoConfig(reward_level="sentence"), None)
 
 
+def test_annotation_oracle_rewards_present_and_absent_objects_by_ground_truth():
+    from visalign.eval.chair import Chair
+
+    # image 1 holds a dog only, image 2 a cat only: the verifier's scores (dog .9, cat .05)
+    # are replaced by +1 / -1 from the annotations; response 1 has no mention
+    chair = Chair.from_annotations({1: ["dog"], 2: ["cat"]}, synonyms=[["dog"], ["cat"]])
+    for img, dog, cat in ((1, 1.0, -1.0), (2, -1.0, 1.0)):
+        sc = score_rollout(_fake_rollout(), [None, None], SCORER, ENTS, CAL, FisaoConfig(),
+                           SCAL, chair, [img, img])
+        assert sc.is_entity.nonzero().tolist() == [[0, 4], [0, 8]]
+        assert (sc.rewards[0, 4].item(), sc.rewards[0, 8].item()) == (dog, cat)
+        assert (sc.n_pos, sc.n_neg) == (1, 1) and sc.rewards[1].abs().sum() == 0
+        # the verifier's score stays in the log next to the oracle's reward
+        assert [d["score"] for d in sc.details[0]] == pytest.approx([0.9, 0.05])
+    # a mention CHAIR does not know gets no reward
+    unknown = Chair.from_annotations({1: ["dog"]}, synonyms=[["dog"]])
+    sc = score_rollout(_fake_rollout(), [None, None], SCORER, ENTS, CAL, FisaoConfig(), SCAL,
+                       unknown, [1, 1])
+    assert (sc.rewards[0, 4].item(), sc.rewards[0, 8].item()) == (1.0, 0.0)
+    assert (sc.n_pos, sc.n_neg, sc.n_entities) == (1, 0, 2)
+
+
 def test_shaped_rewards_kl_placement_and_reward_to_go():
     rewards = torch.tensor([[0.0, 0.5, 0.0, -1.0]])
     is_ent = torch.tensor([[False, True, False, True]])

@@ -102,6 +102,45 @@ def test_score_is_scale_times_cosine(clip):
     assert torch.allclose(scorer.image_embeddings(px), img, atol=1e-6)
 
 
+def test_patch_pooling_scores_the_best_patch_against_the_label_set(clip):
+    model, proc = clip
+    labels = ["dog", "cat", "car"]
+    scorer = ClipScorer(model, proc, pooling="patch", patch_labels=labels)
+    imgs = _images(2)
+    emb = scorer.image_embeddings(imgs)                    # (2, 1 + 16 patches, d)
+    assert emb.shape == (2, 17, 16)
+    # the first row is the image embedding of pooling="image"
+    glob = ClipScorer(model, proc).image_embeddings(imgs)
+    assert torch.allclose(emb[:, 0], glob, atol=1e-5)
+    # by hand: patch tokens -> final norm -> projection -> cosine with the labels' texts
+    px = proc.image_processor(images=imgs[:1], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        h = model.vision_model(pixel_values=px).last_hidden_state[0, 1:]
+        p = torch.nn.functional.normalize(
+            model.visual_projection(model.vision_model.post_layernorm(h)), dim=-1)
+        t = torch.nn.functional.normalize(model.get_text_features(**proc.tokenizer(
+            [f"a photo of a {w}." for w in labels + ["bird"]], padding=True,
+            return_tensors="pt")).pooler_output, dim=-1)
+    logits = scorer.scale * p @ t.T                        # (16, 4)
+    in_set = torch.softmax(logits[:, :3], -1).amax(0)      # dog, cat, car vs the labels
+    bird = torch.softmax(logits, -1)[:, 3].amax(0)         # a word outside joins the set
+    got = scorer.score(["dog", "cat", "car", "bird"], emb[0])
+    assert torch.allclose(got, torch.cat([in_set, bird[None]]), atol=1e-5)
+    assert ((got > 0) & (got <= 1)).all()
+    # batched over images, and pairs, agree with one-image calls
+    both = scorer.score(["dog", "bird"], emb)
+    assert both.shape == (2, 2) and torch.allclose(both[0], got[[0, 3]], atol=1e-6)
+    assert torch.allclose(scorer.score_pairs(["dog", "bird"], emb),
+                          torch.stack([both[0, 0], both[1, 1]]))
+    # sentence scores read the image embedding, as with pooling="image"
+    assert torch.allclose(scorer.sentence_score(["a dog."], emb[0]),
+                          ClipScorer(model, proc).sentence_score(["a dog."], glob[0]), atol=1e-5)
+    with pytest.raises(ValueError, match="patch_labels"):
+        ClipScorer(model, proc, pooling="patch")
+    with pytest.raises(ValueError, match="pooling"):
+        ClipScorer(model, proc, pooling="mean")
+
+
 def test_sentence_score_truncates_long_responses(clip):
     model, proc = clip
     scorer = ClipScorer(model, proc)

@@ -62,6 +62,8 @@ class CompareConfig:
     sft: dict = field({}, help="overrides of every SFT run (cont-sft, nsft), e.g. {lr: 1e-4}")
     dpo: dict = field({}, help="overrides of every DPO run (gt-dpo, seva, sima, povid)")
     fisao: dict = field({}, help="overrides of the FiSAO run")
+    fisao_calibrate: dict = field({}, help="overrides of the verifier calibration "
+                                           "(CalibrateConfig), e.g. {pooling: patch}")
     nsft_data: dict = field({}, help="overrides of nsft build (NsftDataConfig)")
     pairs: dict = field({}, help="overrides of the pair builders (PairsConfig)")
     method_overrides: dict = field({}, help="per-method trainer overrides, e.g. "
@@ -459,7 +461,8 @@ def _calibrate(world: Any, base: Path, image_ids: list[int], out: Path,
         instances=str(world.instances_path(world.train_split)),
         captions=str(world.captions_path(world.train_split)),
         synonyms=str(world.synonyms_path), out=str(out), n_images=len(prompts),
-        max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size))
+        max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+        **cfg.fisao_calibrate))
 
 
 def _reward_shift(world: Any, base: Path, before_dir: Path, after_dir: Path, calib_dir: Path,

@@ -94,6 +94,14 @@ class FisaoConfig(TrainConfig):
     disable_dropout: bool = field(True, help="no dropout in PPO forwards (r_t = 1 at epoch 1)")
     log_samples: int = field(0, help="write the first N responses of each rollout, with their "
                                      "rewarded mentions, to samples.jsonl")
+    reward_source: Literal["verifier", "annotations"] = field(
+        "verifier", help="diagnostic: 'annotations' replaces the verifier by the ground truth "
+                         "(reward +1 on a mention of a present object, -1 on an absent one, 0 "
+                         "where CHAIR has no label): FiSAO's ceiling with a perfect verifier. "
+                         "Needs oracle_instances; not the method")
+    oracle_instances: str = field("", help="COCO instances of the training images "
+                                           "(reward_source=annotations)")
+    oracle_synonyms: str = field("", help="CHAIR synonyms table of the oracle ('' = COCO's)")
 
 
 # ----------------------------------------------------------------------------- data
@@ -112,7 +120,8 @@ def load_prompts(cfg: FisaoConfig) -> list[dict]:
             continue
         human = [t for t in r["conversations"] if t.get("from") == "human"]
         prompt = human[0]["value"].replace("<image>", "").strip()
-        items.append({"id": r["id"], "image": resolve_image(r["image"], root), "prompt": prompt})
+        items.append({"id": r["id"], "image": resolve_image(r["image"], root), "prompt": prompt,
+                      "image_id": r.get("image_id")})
     if cfg.limit:
         items = items[: cfg.limit]
     if not items:
@@ -211,14 +220,30 @@ class RolloutScores:
     details: list[list[dict]] = dataclasses.field(default_factory=list)
 
 
+def oracle_rewards(text: str, mentions: list, chair: Any, image_id: Any) -> list[float]:
+    """Ground-truth reward of each entity mention (``reward_source=annotations``): +1 when the
+    CHAIR object it overlaps is in the image's annotations, -1 when not, 0 when CHAIR does not
+    recognise it (no label)."""
+    gt = chair.gt_objects(image_id)
+    cm = chair.mentions(text)
+    out = []
+    for m in mentions:
+        c = next((c for c in cm if c.start < m.end and m.start < c.end), None)
+        out.append(0.0 if c is None else (1.0 if c.category in gt else -1.0))
+    return out
+
+
 def score_rollout(rollout: Any, images: list, scorer: Any, entities: Any, calib: Any,
-                  cfg: FisaoConfig, sentence_calib: Any = None) -> RolloutScores:
+                  cfg: FisaoConfig, sentence_calib: Any = None, oracle: Any = None,
+                  image_ids: list | None = None) -> RolloutScores:
     """Eq. 8 rewards for every sampled response (before the KL term).
 
     Token level: every mention of an entity in C gets ``normalized_reward(S(canonical, image))``
     on its ``reward_position`` sub-token(s); when two mentions share a token the lower reward is
     kept. Sentence level (ablation): one reward per response, from the CLIP score of the whole
-    response and ``sentence_calib``, on its last token.
+    response and ``sentence_calib``, on its last token. With ``oracle`` (a
+    :class:`~visalign.eval.chair.Chair`) and ``image_ids``, token rewards come from the
+    annotations instead (:func:`oracle_rewards`); the verifier scores are still logged.
     """
     import torch
 
@@ -264,6 +289,8 @@ def score_rollout(rollout: Any, images: list, scorer: Any, entities: Any, calib:
                                       position=cfg.reward_position)
         sc = scorer.score([m.canonical for m in mentions], img_emb[i]).reshape(-1).float().cpu()
         rw = token_rewards(sc, torch.ones_like(sc, dtype=torch.bool), calib, cfg.lam)
+        if oracle is not None:
+            rw = torch.tensor(oracle_rewards(text, mentions, oracle, image_ids[i]))
         all_scores.append([float(x) for x in sc])
         det = []
         for m_i, toks in enumerate(tok_idx):
@@ -455,14 +482,31 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     if vlm is None:
         vlm = load_vlm(cfg.model, dtype=cfg.dtype, device=str(acc.device))
     verifier = cfg.verifier or str(Path(cfg.model) / "verifier")
+    # the calibration says how its scores were computed; the rewards must use the same score
     scorer = ClipScorer.from_pretrained(verifier, template=cfg.template or calib.template,
-                                        device=acc.device)
+                                        device=acc.device, pooling=calib.pooling,
+                                        patch_labels=calib.patch_labels or None)
     for c in (calib, sent_calib):
         if c is not None and not math.isclose(c.scale, scorer.scale, rel_tol=1e-3):
             raise DataError(cfg.calibration, f"calibrated with score scale {c.scale:g} but the "
                                              f"verifier {verifier} has scale {scorer.scale:g}: "
                                              "recalibrate with this verifier", field="scale")
     entities = load_entities(cfg)
+    oracle = None
+    if cfg.reward_source == "annotations":
+        if cfg.reward_level != "token":
+            raise ValueError("reward_source=annotations is a token-level diagnostic")
+        if not cfg.oracle_instances:
+            raise ValueError("reward_source=annotations needs oracle_instances=PATH")
+        from visalign.eval.chair import Chair, load_synonyms
+        oracle = Chair.from_coco(cfg.oracle_instances, synonyms=load_synonyms(
+            cfg.oracle_synonyms) if cfg.oracle_synonyms else None)
+        missing = [it["id"] for it in items if it.get("image_id") is None
+                   or not oracle.has_image(it["image_id"])]
+        if missing:
+            raise DataError(cfg.data, f"{len(missing)} prompt(s) have no image_id in "
+                                      f"{cfg.oracle_instances}", record=missing[0],
+                            field="image_id")
     model = prepare_model(vlm, cfg)
     ref_model = None
     if cfg.trainable != "lora":
@@ -525,7 +569,8 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
                          seeds=[rollout_seed(cfg.seed, g) for g in g_ids])
         t1 = time.time()
         with torch.no_grad():
-            sc = score_rollout(ro, images, scorer, entities, calib, cfg, sent_calib)
+            sc = score_rollout(ro, images, scorer, entities, calib, cfg, sent_calib, oracle,
+                               [it.get("image_id") for it in mine])
         t2 = time.time()
         batch = {kk: (v.to(acc.device) if torch.is_tensor(v) else v) for kk, v in ro.batch.items()}
         mask = batch["labels"] != -100

@@ -60,6 +60,10 @@ class CalibrateConfig:
                                     "0 = all")
     lam: float = field(0.0, help="margin λ stored in the calibration")
     template: str = field("a photo of a {}.", help="verifier prompt template")
+    pooling: str = field("image", help="verifier score: 'image' = S(word, image) on CLIP's image "
+                                       "embedding (the paper); 'patch' = the best patch's "
+                                       "probability of the word against the CHAIR categories "
+                                       "(for encoders with text-aligned patches)")
     max_new_tokens: int = field(96, help="description length cap")
     batch_size: int = field(32, help="generation / verifier batch size")
     dtype: str = field("float32", help="model dtype for generation")
@@ -250,7 +254,9 @@ def calibrate_verifier(cfg: CalibrateConfig, vlm: Any = None) -> dict:
     chair = Chair.from_coco(cfg.instances, cfg.captions or None,
                             load_synonyms(cfg.synonyms or None))
     scorer = ClipScorer.from_pretrained(cfg.verifier or Path(cfg.model) / "verifier",
-                                        template=cfg.template)
+                                        template=cfg.template, pooling=cfg.pooling,
+                                        patch_labels=chair.categories
+                                        if cfg.pooling == "patch" else None)
     entities = EntitySet.build(extra=(cfg.extra_vocab or cfg.synonyms or None),
                                wordnet=cfg.wordnet)
     entities.save(out / "entities.json")
@@ -270,7 +276,8 @@ def calibrate_verifier(cfg: CalibrateConfig, vlm: Any = None) -> dict:
     if pct is not None and len(pct) != 2:
         raise ValueError(f"percentiles must be [lo, hi], got {list(pct)}")
     tok_cal = calibrate(gt_t, hal_t, cfg.lam, other_scores=other_t, percentiles=pct,
-                        template=cfg.template, scale=scorer.scale, level="token")
+                        template=cfg.template, scale=scorer.scale, level="token",
+                        pooling=scorer.pooling, patch_labels=scorer.patch_labels)
 
     # Sentence level (ablation): whole responses with / without a hallucinated object, among
     # the responses with at least one CHAIR-labelled object.
@@ -290,7 +297,8 @@ def calibrate_verifier(cfg: CalibrateConfig, vlm: Any = None) -> dict:
     sent_gt = [whole_scores[k] for k in ks if not resp_hal[k]]
     sent_hal = [whole_scores[k] for k in ks if resp_hal[k]]
     sent_cal = calibrate(sent_gt, sent_hal, cfg.lam, template="{}", scale=scorer.scale,
-                         level="sentence") if sent_gt and sent_hal else None
+                         level="sentence", pooling=scorer.pooling,
+                         patch_labels=scorer.patch_labels) if sent_gt and sent_hal else None
     result = {
         **tok_cal.to_dict(),
         "auroc_token": auroc(gt_t, hal_t),
@@ -387,7 +395,10 @@ def reward_shift(before: str | os.PathLike, after: str | os.PathLike, out: str |
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     calib = Calibration.from_json(calibration) if calibration else None
-    scorer = ClipScorer.from_pretrained(verifier, template=calib.template if calib else template)
+    scorer = ClipScorer.from_pretrained(
+        verifier, template=calib.template if calib else template,
+        pooling=calib.pooling if calib else "image",
+        patch_labels=calib.patch_labels if calib else None)
     ent_path = entities or (Path(calibration).parent / "entities.json" if calibration else None)
     ents = (EntitySet.load(ent_path) if ent_path and Path(ent_path).exists()
             else EntitySet.build())

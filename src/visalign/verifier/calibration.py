@@ -43,7 +43,8 @@ def auroc(pos_scores: Sequence[float], neg_scores: Sequence[float]) -> float:
 def calibrate(token_scores_gt: Iterable[float], token_scores_hal: Iterable[float],
               lam: float = 0.0, *, other_scores: Iterable[float] = (),
               percentiles: tuple[float, float] | None = None, template: str = "a photo of a {}.",
-              scale: float = 1.0, level: str = "token") -> Calibration:
+              scale: float = 1.0, level: str = "token", pooling: str = "image",
+              patch_labels: Sequence[str] = ()) -> Calibration:
     """Eq. 7 means and the normalisation range.
 
     Args:
@@ -54,7 +55,8 @@ def calibrate(token_scores_gt: Iterable[float], token_scores_hal: Iterable[float
             annotated vocabulary); they only widen [S_min, S_max].
         percentiles: ``(lo, hi)`` e.g. ``(1, 99)`` -> S_min/S_max are those percentiles of all
             scores instead of the observed min/max.
-        template, scale, level: recorded with the result (how the scores were computed).
+        template, scale, level, pooling, patch_labels: recorded with the result (how the
+            scores were computed).
 
     Returns:
         :class:`Calibration` (with the AUROC of gt vs hal scores).
@@ -88,4 +90,5 @@ def calibrate(token_scores_gt: Iterable[float], token_scores_hal: Iterable[float
     a = auroc(gt, hal)
     return Calibration(mu_gt=mu_gt, mu_hal=mu_hal, s_min=s_min, s_max=s_max, n_gt=len(gt),
                        n_hal=len(hal), lam=float(lam), template=template, scale=float(scale),
-                       level=level, auroc=None if math.isnan(a) else a)
+                       level=level, auroc=None if math.isnan(a) else a, pooling=pooling,
+                       patch_labels=list(patch_labels))

@@ -45,7 +45,9 @@ class Calibration:
     tokens the means came from; ``lam`` the margin λ; ``template`` the CLIP prompt template the
     scores were computed with; ``scale`` the factor on the cosine (CLIP's logit scale, or 1);
     ``level`` ``"token"`` or ``"sentence"``; ``auroc`` how well the score separates the two
-    populations (None when unknown).
+    populations (None when unknown); ``pooling`` the scorer's ``"image"`` (the paper) or
+    ``"patch"`` score and ``patch_labels`` the latter's label set
+    (:class:`~visalign.verifier.scorer.ClipScorer`).
     """
 
     mu_gt: float
@@ -59,6 +61,8 @@ class Calibration:
     scale: float = 1.0
     level: str = "token"
     auroc: float | None = None
+    pooling: str = "image"
+    patch_labels: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         if not self.s_min <= self.s_max:

@@ -9,6 +9,15 @@ scale as the training rewards; :class:`~visalign.verifier.reward.Calibration` re
 
 Word embeddings are cached per word (one batched forward for all uncached words), so scoring
 the same vocabulary over a whole training run costs one text forward per distinct word.
+
+``pooling="patch"`` (not the paper's; an option for encoders whose patch tokens are aligned
+with text, such as the micro-world CLIP's dense term): S(word, image) is the largest, over the
+image's patches, probability that a patch shows ``word`` rather than one of a fixed label set
+(``patch_labels``; a word outside it is added to it for its own score), with each patch put
+through the vision model's final norm and projection as the class token is. Values lie in
+(0, 1]. On the micro-world this separates the model's correct from its hallucinated mentions
+better than the global score (token AUROC 0.84 vs 0.78, docs/methods_on_grounded_base.md);
+a CLIP trained contrastively on the class token alone has no such patch alignment.
 """
 
 from __future__ import annotations
@@ -49,9 +58,17 @@ class ClipScorer:
 
     def __init__(self, clip_model: Any, processor: Any, template: str = "a photo of a {}.",
                  device: str | torch.device | None = None, scale: bool | float = True,
-                 batch_size: int = 256):
+                 batch_size: int = 256, pooling: str = "image",
+                 patch_labels: Sequence[str] | None = None):
         if "{}" not in template:
             raise ValueError(f"template must contain '{{}}', got {template!r}")
+        if pooling not in ("image", "patch"):
+            raise ValueError(f"pooling must be 'image' or 'patch', got {pooling!r}")
+        if pooling == "patch" and not patch_labels:
+            raise ValueError("pooling='patch' needs patch_labels (the label set of the patch "
+                             "softmax, e.g. the CHAIR categories)")
+        self.pooling = pooling
+        self.patch_labels = list(dict.fromkeys(patch_labels or []))
         self.model = clip_model.eval()
         if device is not None:
             self.model.to(device)
@@ -73,7 +90,9 @@ class ClipScorer:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, template: str = "a photo of a {}.",
                         device: str | torch.device = "cpu", dtype: torch.dtype | str = "float32",
-                        scale: bool | float = True, batch_size: int = 256) -> "ClipScorer":
+                        scale: bool | float = True, batch_size: int = 256,
+                        pooling: str = "image",
+                        patch_labels: Sequence[str] | None = None) -> "ClipScorer":
         """Load a CLIP dir (``CLIPModel`` weights + processor files) from disk; no download."""
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
@@ -93,7 +112,7 @@ class ClipScorer:
             improc = AutoImageProcessor.from_pretrained(path, local_files_only=True)
             processor = _Pair(tok, improc)
         return cls(model, processor, template=template, device=device, scale=scale,
-                   batch_size=batch_size)
+                   batch_size=batch_size, pooling=pooling, patch_labels=patch_labels)
 
     # ------------------------------------------------------------------ embeddings
     @property
@@ -141,7 +160,8 @@ class ClipScorer:
         self._cache.clear()
 
     def image_embeddings(self, images: Sequence[Any] | Tensor) -> Tensor:
-        """(m, d) L2-normalised image embeddings.
+        """(m, d) L2-normalised image embeddings; with ``pooling="patch"`` (m, 1 + P, d): the
+        image embedding first, then its P projected patch embeddings.
 
         Args:
             images: PIL images (or arrays) run through the image processor in batches, or a
@@ -161,32 +181,71 @@ class ClipScorer:
         dtype = next(self.model.parameters()).dtype
         for px in chunks:
             with torch.no_grad():
-                feats = _features(self.model.get_image_features(
-                    pixel_values=px.to(self.device, dtype))).float()
+                if self.pooling == "patch":
+                    feats = self._image_and_patches(px.to(self.device, dtype))
+                else:
+                    feats = _features(self.model.get_image_features(
+                        pixel_values=px.to(self.device, dtype))).float()
             outs.append(torch.nn.functional.normalize(feats, dim=-1))
-        return torch.cat(outs) if outs else torch.zeros(0, self.embed_dim, device=self.device)
+        if not outs:
+            return torch.zeros(0, self.embed_dim, device=self.device)
+        return torch.cat(outs)
+
+    def _image_and_patches(self, px: Tensor) -> Tensor:
+        """(m, 1 + P, d) unnormalised: the class token and every patch token, each through
+        the vision model's final norm and the visual projection (CLIP's image-feature path)."""
+        vm = self.model.vision_model
+        hidden = vm(pixel_values=px).last_hidden_state                  # (m, 1 + P, h)
+        pooled = vm.post_layernorm(hidden[:, :1])
+        patches = vm.post_layernorm(hidden[:, 1:])
+        return self.model.visual_projection(torch.cat([pooled, patches], 1)).float()
+
+    def _global(self, image_emb: Tensor) -> Tensor:
+        """The image embedding(s) of either pooling's output."""
+        if self.pooling == "patch":
+            return image_emb[..., 0, :]
+        return image_emb
+
+    def _patch_scores(self, words: Sequence[str], patches: Tensor) -> Tensor:
+        """max over patches of P(word | patch) against the label set: (..., P, d) -> (..., n)."""
+        t = self.text_embeddings(words)                                 # (n, d)
+        lab = self.text_embeddings(self.patch_labels)                   # (L, d)
+        lw = self.scale * patches @ t.T                                 # (..., P, n)
+        z = torch.logsumexp(self.scale * patches @ lab.T, dim=-1, keepdim=True)  # (..., P, 1)
+        inside = torch.tensor([w in set(self.patch_labels) for w in words], device=lw.device)
+        # a word outside the label set competes with the labels and itself
+        logz = torch.where(inside, z, torch.logaddexp(z, lw))
+        return (lw - logz).exp().amax(dim=-2)
 
     # ------------------------------------------------------------------ scores
     def _prep_image(self, image_emb: Tensor) -> Tensor:
         return torch.nn.functional.normalize(image_emb.to(self.device).float(), dim=-1)
 
     def score(self, words: Sequence[str], image_emb: Tensor) -> Tensor:
-        """S(word, image) = scale · cos (Eq. 8's S(y_t, v)).
+        """S(word, image) = scale · cos (Eq. 8's S(y_t, v)); with ``pooling="patch"`` the
+        best patch's probability of the word (module docstring).
 
         Args:
             words: n words (entity names).
             image_emb: (d,) one image -> returns (n,); or (m, d) -> returns (m, n), every word
-                against every image.
+                against every image. With ``pooling="patch"``: (1 + P, d) or (m, 1 + P, d), as
+                :meth:`image_embeddings` returns them.
         """
-        t = self.text_embeddings(words)                        # (n, d)
         img = self._prep_image(image_emb)
+        if self.pooling == "patch":
+            return self._patch_scores(words, img[..., 1:, :])
+        t = self.text_embeddings(words)                        # (n, d)
         return self.scale * (img @ t.T)
 
     def score_pairs(self, words: Sequence[str], image_embs: Tensor) -> Tensor:
         """(n,) S(words[i], image i) for n (word, image) pairs; image_embs (n, d)."""
-        if image_embs.dim() != 2 or image_embs.shape[0] != len(words):
-            raise ValueError(f"score_pairs needs image_embs of shape ({len(words)}, d), got "
-                             f"{tuple(image_embs.shape)}")
+        if image_embs.dim() != (3 if self.pooling == "patch" else 2) or \
+                image_embs.shape[0] != len(words):
+            raise ValueError(f"score_pairs needs one image embedding per word ({len(words)}), "
+                             f"got shape {tuple(image_embs.shape)}")
+        if self.pooling == "patch":
+            return torch.stack([self._patch_scores([w], self._prep_image(e)[1:])[0]
+                                for w, e in zip(words, image_embs)])
         t = self.text_embeddings(words)
         return self.scale * (self._prep_image(image_embs) * t).sum(-1)
 
@@ -199,7 +258,7 @@ class ClipScorer:
             image_emb: (b, d) -> (b,) text i against image i; or (d,) -> (b,) all against it.
         """
         t = self._encode_texts(list(texts))                    # (b, d)
-        img = self._prep_image(image_emb)
+        img = self._prep_image(self._global(image_emb))
         if img.dim() == 1:
             return self.scale * (t @ img)
         if img.shape[0] != t.shape[0]:
