@@ -147,7 +147,7 @@ def _plot(report: dict, path: str, split: str) -> Path:
         ax.set_xlabel("CHAIR (avg of CHAIR_s, CHAIR_i), lower is better")
         ax.set_ylabel("POPE F1")
         ax.set_title(f"FiSAO settings, {title}", fontsize=9)
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=6, loc="best")
     return _save(fig, path)
 
 
