@@ -138,6 +138,8 @@ def test_grid_resumes_only_unfinished_cells(tiny_grid):
     mtimes = {p: p.stat().st_mtime_ns for p in rows}
     # a grid cut off inside one cell: its row is missing, its trained model is there
     lost = out / "cells" / "gt-dpo-8" / "row.json"
+    model = out / "cells" / "gt-dpo-8" / "train" / "model" / "model.safetensors"
+    model_mtime = model.stat().st_mtime_ns
     lost.unlink()
     res = run_compare(cfg)
     assert lost.exists()
@@ -147,3 +149,12 @@ def test_grid_resumes_only_unfinished_cells(tiny_grid):
     assert [r["method"] for r in res["rows"]] == [r["method"] for r in first["rows"]]
     timings = json.loads((out / "timings.json").read_text())
     assert "gt-dpo-8:eval" in timings
+    # its finished model was kept and only evaluated again: no second training
+    assert model.stat().st_mtime_ns == model_mtime
+    # with no finished model the cell trains again
+    import shutil
+    shutil.rmtree(out / "cells" / "cont-sft-8" / "train" / "model")
+    (out / "cells" / "cont-sft-8" / "row.json").unlink()
+    again = run_compare(cfg)
+    assert (out / "cells" / "cont-sft-8" / "train" / "model" / "config.json").exists()
+    assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in first["rows"]]

@@ -369,15 +369,26 @@ def chair_vs_base(cells: Path, names: list[str], n_boot: int = 1000) -> list[dic
 
 def _cell(st: _Stages, d: Path, method: str, size: int, train: Callable[[Path], str],
           world: Any, cfg: CompareConfig, evaluate: Callable) -> dict:
-    """Train (unless done) and evaluate one (method, size); ``row.json`` marks it finished."""
+    """Train (unless done) and evaluate one (method, size); ``row.json`` marks it finished.
+
+    Without ``row.json`` but with a finished model (``train/model``), only the evaluation runs:
+    delete the rows (and ``eval/``) to re-evaluate a grid under new ``eval`` settings."""
     row_path = d / "row.json"
     name = f"{method}-{size}" if size else method
     if row_path.exists():
         st._say(f"[compare] {name}: done earlier, skipped")
         return read_json(row_path)
     d.mkdir(parents=True, exist_ok=True)
+    # A finished trainer leaves train/model (written atomically, last): a grid cut off during
+    # evaluation, or re-evaluated with new eval settings, does not train again.
+    trained = d / "train" / "model"
     try:
-        model_dir = st.run(f"{name}:train", lambda: train(d)) if method != "base" else train(d)
+        if method != "base" and (trained / "config.json").exists():
+            st._say(f"[compare] {name}:train: done earlier, skipped (model in {trained})")
+            model_dir = str(trained)
+        else:
+            model_dir = st.run(f"{name}:train", lambda: train(d)) if method != "base" \
+                else train(d)
         ev = st.run(f"{name}:eval", lambda: evaluate(model_dir, world, d / "eval", cfg.eval))
     except Exception as e:  # noqa: BLE001 - one failed cell must not lose the whole grid
         if method == "base":
