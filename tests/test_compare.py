@@ -57,6 +57,18 @@ def test_demo_config_is_sized_and_overridable():
     assert {"nsft", "fisao"} <= set(full.methods) and len(full.methods) >= 4
 
 
+def test_trainer_seed_is_the_grids_unless_an_override_names_one():
+    from visalign.compare import CompareConfig, _trainer_cfg
+
+    cfg = CompareConfig(seed=3, fisao={"lr": 1e-3}, sft={"seed": 7},
+                        method_overrides={"seva": {"seed": 11}})
+    assert _trainer_cfg("fisao", "fisao", cfg, {}).seed == 3
+    assert _trainer_cfg("fisao", "fisao", cfg, {}).lr == 1e-3
+    assert _trainer_cfg("sft", "nsft", cfg, {}).seed == 7
+    assert _trainer_cfg("dpo", "seva", cfg, {}).seed == 11
+    assert _trainer_cfg("dpo", "gt-dpo", cfg, {}).seed == 3
+
+
 def test_cli_help_lists_compare_and_demo(capsys):
     from visalign.cli import main
 

@@ -204,8 +204,13 @@ def _trainer_cfg(kind: str, method: str, cfg: CompareConfig, flags: dict) -> Any
         extra = cfg.fisao
     c = load_config(Cls, preset_path(method))
     c = load_config(Cls, None, extra, base=c)
-    c = load_config(Cls, None, cfg.method_overrides.get(method, {}), base=c)
-    return load_config(Cls, None, {"seed": cfg.seed, "progress": cfg.progress, **flags}, base=c)
+    own = cfg.method_overrides.get(method, {})
+    c = load_config(Cls, None, own, base=c)
+    # the grid's seed, unless the kind's or the method's overrides name one (a seed sweep)
+    top = {"progress": cfg.progress, **flags}
+    if "seed" not in extra and "seed" not in own:
+        top["seed"] = cfg.seed
+    return load_config(Cls, None, top, base=c)
 
 
 def run_compare(cfg: CompareConfig) -> dict:
