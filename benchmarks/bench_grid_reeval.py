@@ -30,7 +30,9 @@ SPLITS = ("random", "popular", "adversarial")
 
 
 def _pope(eval_dir: Path) -> dict:
-    """(split, question_id) -> (image_id, label is yes, answered yes)."""
+    """(split, question_id) -> (image_id, label is yes, answered yes by POPE's rule)."""
+    from visalign.eval.pope import parse_yes_no
+
     out = {}
     for sp in SPLITS:
         p = eval_dir / f"answers_pope_{sp}.jsonl"
@@ -39,7 +41,7 @@ def _pope(eval_dir: Path) -> dict:
         for line in p.read_text().splitlines():
             r = json.loads(line)
             out[(sp, r["question_id"])] = (r["image_id"], r["label"] == "yes",
-                                           r["answer"].strip().lower().startswith("yes"))
+                                           parse_yes_no(r["answer"]) == "yes")
     return out
 
 

@@ -69,6 +69,8 @@ class ClipScorer:
                              "softmax, e.g. the CHAIR categories)")
         self.pooling = pooling
         self.patch_labels = list(dict.fromkeys(patch_labels or []))
+        self._label_set = set(self.patch_labels)
+        self._label_emb: Tensor | None = None   # (L, d), built on first patch score
         self.model = clip_model.eval()
         if device is not None:
             self.model.to(device)
@@ -158,6 +160,7 @@ class ClipScorer:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._label_emb = None
 
     def image_embeddings(self, images: Sequence[Any] | Tensor) -> Tensor:
         """(m, d) L2-normalised image embeddings; with ``pooling="patch"`` (m, 1 + P, d): the
@@ -209,10 +212,12 @@ class ClipScorer:
     def _patch_scores(self, words: Sequence[str], patches: Tensor) -> Tensor:
         """max over patches of P(word | patch) against the label set: (..., P, d) -> (..., n)."""
         t = self.text_embeddings(words)                                 # (n, d)
-        lab = self.text_embeddings(self.patch_labels)                   # (L, d)
+        if self._label_emb is None:
+            self._label_emb = self.text_embeddings(self.patch_labels)   # (L, d)
+        lab = self._label_emb
         lw = self.scale * patches @ t.T                                 # (..., P, n)
         z = torch.logsumexp(self.scale * patches @ lab.T, dim=-1, keepdim=True)  # (..., P, 1)
-        inside = torch.tensor([w in set(self.patch_labels) for w in words], device=lw.device)
+        inside = torch.tensor([w in self._label_set for w in words], device=lw.device)
         # a word outside the label set competes with the labels and itself
         logz = torch.where(inside, z, torch.logaddexp(z, lw))
         return (lw - logz).exp().amax(dim=-2)
