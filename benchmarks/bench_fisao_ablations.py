@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "--eval-split with the grid's settings, e.g. a world built with n_test=300 "
                     "for choosing settings on a split the grid does not report")
     ap.add_argument("--eval-split", default="test")
+    ap.add_argument("--eval-set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="eval settings of the --eval-world split only, e.g. pope_images=150 "
+                    "for a 300-image split (POPE needs images with enough annotated objects)")
     ap.add_argument("--plot", default="", help="write CHAIR vs POPE F1 of every setting (and "
                     "the base) to this PNG, one panel per evaluated split")
     args = ap.parse_args(argv)
@@ -71,7 +74,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.eval_world:
         from visalign.world import load_world
         eval_world = load_world(args.eval_world)
-        eval_cfg = dataclasses.replace(base_cfg.eval, split=args.eval_split)
+        import yaml
+
+        sets = dict(kv.split("=", 1) for kv in args.eval_set)
+        eval_cfg = dataclasses.replace(base_cfg.eval, split=args.eval_split,
+                                       **{k: yaml.safe_load(v) for k, v in sets.items()})
         base_test = _evaluate(demo / "base", eval_world, Path(args.out) / "base_eval", eval_cfg)
     for name, over in settings:
         over = dict(over)

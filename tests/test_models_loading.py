@@ -63,6 +63,32 @@ def test_tiny_llava_expands_one_image_token_per_patch(tiny_llava_dir):
     assert torch.isfinite(vlm.model(**batch).loss)
 
 
+def test_tiny_llava_full_strategy_reads_the_cls_token_too(tmp_path, tiny_clip_dir):
+    from visalign.models.tiny import build_tiny_llava
+
+    path = build_tiny_llava(tmp_path / "full", tiny_tokenizer(), clip_dir=tiny_clip_dir,
+                            text_hidden=64, text_layers=1, vision_feature_layer=-1,
+                            vision_feature_select_strategy="full")
+    vlm = load_vlm(path)
+    batch = vlm.encode(solid_images(1), CONVS[:1])
+    n_img = int((batch["input_ids"] == vlm.model.config.image_token_id).sum())
+    assert n_img == (64 // 8) ** 2 + 1 == vlm.model.config.image_seq_length
+    assert torch.isfinite(vlm.model(**batch).loss)
+    # the first image feature is the projected CLS state of the chosen layer
+    feats = vlm.model.model.get_image_features(pixel_values=batch["pixel_values"])
+    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+    feats = torch.cat(list(feats), 0) if isinstance(feats, (list, tuple)) else feats
+    hidden = vlm.model.model.vision_tower(batch["pixel_values"],
+                                          output_hidden_states=True).hidden_states[-1]
+    cls = vlm.model.model.multi_modal_projector(hidden[:, :1])
+    assert torch.allclose(feats.reshape(-1, feats.shape[-1])[0], cls[0, 0], atol=1e-5)
+    out = vlm.generate(solid_images(1), ["Describe the image."], max_new_tokens=4)
+    assert len(out) == 1
+    with pytest.raises(ValueError, match="vision_feature_select_strategy"):
+        build_tiny_llava(tmp_path / "bad", tiny_tokenizer(), clip_dir=tiny_clip_dir,
+                         vision_feature_select_strategy="cls")
+
+
 def test_llava_vision_tower_is_the_clip_vision_model(tiny_llava_dir, tiny_clip_dir):
     from transformers import CLIPModel, CLIPProcessor
 

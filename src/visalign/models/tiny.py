@@ -122,16 +122,20 @@ def build_tiny_llava(out_dir: str | os.PathLike, tokenizer: PreTrainedTokenizerB
                      vision_layers: int = 2, vision_heads: int = 4, text_hidden: int = 128,
                      text_layers: int = 3, text_heads: int = 4, text_intermediate: int | None = None,
                      max_position_embeddings: int = 1024, vision_feature_layer: int = -2,
-                     seed: int = 0) -> Path:
+                     vision_feature_select_strategy: str = "default", seed: int = 0) -> Path:
     """Save a tiny ``LlavaForConditionalGeneration`` + ``LlavaProcessor`` to ``out_dir``.
 
     With ``clip_dir`` (a :func:`build_tiny_clip` dir, possibly trained) the vision tower takes that
     CLIP's vision config, weights and image processor, so the FiSAO verifier and the VLM see an
     image through exactly the same encoder. ``vision_config`` overrides the CLIPVisionConfig fields
-    otherwise. The processor uses strategy ``"default"`` (CLS dropped) with
-    ``num_additional_image_tokens=1``, so one ``<image>`` expands to (image_size/patch_size)**2
-    tokens, matching the projected features.
+    otherwise. The processor uses ``num_additional_image_tokens=1`` and the model's
+    ``vision_feature_select_strategy``: ``"default"`` (LLaVA's: CLS dropped) expands one
+    ``<image>`` to (image_size/patch_size)**2 tokens, ``"full"`` to one more (the CLS token first),
+    matching the projected features.
     """
+    if vision_feature_select_strategy not in ("default", "full"):
+        raise ValueError(f"vision_feature_select_strategy must be 'default' or 'full', got "
+                         f"{vision_feature_select_strategy!r}")
     from transformers import (AutoImageProcessor, CLIPModel, CLIPVisionConfig, LlamaConfig,
                               LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
 
@@ -150,7 +154,7 @@ def build_tiny_llava(out_dir: str | os.PathLike, tokenizer: PreTrainedTokenizerB
         vcfg = CLIPVisionConfig(**fields)
         image_size, patch_size = vcfg.image_size, vcfg.patch_size
         image_processor = _pil_clip_image_processor(image_size)
-    n_image_tokens = (image_size // patch_size) ** 2
+    n_image_tokens = (image_size // patch_size) ** 2 + (vision_feature_select_strategy == "full")
     text_config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=text_hidden,
         intermediate_size=text_intermediate or 2 * text_hidden, num_hidden_layers=text_layers,
@@ -159,7 +163,7 @@ def build_tiny_llava(out_dir: str | os.PathLike, tokenizer: PreTrainedTokenizerB
         eos_token_id=ids["eos"], pad_token_id=ids["pad"], tie_word_embeddings=False)
     config = LlavaConfig(vision_config=vcfg, text_config=text_config,
                          image_token_index=ids["image"], image_seq_length=n_image_tokens,
-                         vision_feature_select_strategy="default",
+                         vision_feature_select_strategy=vision_feature_select_strategy,
                          vision_feature_layer=vision_feature_layer)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
@@ -168,7 +172,8 @@ def build_tiny_llava(out_dir: str | os.PathLike, tokenizer: PreTrainedTokenizerB
         model.model.vision_tower.load_state_dict(clip.vision_model.state_dict(), strict=True)
     _set_generation_config(model, bos=ids["bos"], eos=ids["eos"], pad=ids["pad"])
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                               patch_size=patch_size, vision_feature_select_strategy="default",
+                               patch_size=patch_size,
+                               vision_feature_select_strategy=vision_feature_select_strategy,
                                num_additional_image_tokens=1, chat_template=tokenizer.chat_template)
     out = Path(out_dir)
     model.save_pretrained(out)

@@ -106,6 +106,9 @@ class BaseModelConfig:
         "turns there")
     vision_feature_layer: int = field(
         -1, help="ViT hidden layer the VLM reads (-1: the last, which the dense CLIP loss trains)")
+    vision_feature_select: Literal["default", "full"] = field(
+        "default", help="image features the VLM reads: 'default' the patch tokens (LLaVA's), "
+        "'full' the CLS token too (the one the contrastive loss trains), one more image token")
     stage1_tasks: str = field(
         "caption,existence", help="instruction tasks of LLaVA stage 1 (projector alignment)")
     stage1: StageSettings = field(default_factory=lambda: StageSettings(2.0, 2e-3, 32))
@@ -271,7 +274,8 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
                          patch_size=PATCH_SIZE, text_hidden=cfg.lm.hidden,
                          text_layers=cfg.lm.layers,
                          text_heads=cfg.lm.heads, text_intermediate=cfg.lm.intermediate,
-                         seed=cfg.seed, vision_feature_layer=cfg.vision_feature_layer)
+                         seed=cfg.seed, vision_feature_layer=cfg.vision_feature_layer,
+                         vision_feature_select_strategy=cfg.vision_feature_select)
     prev = init_dir
     from visalign.data.llava import load_llava_records, pack_by_image
     from visalign.methods.sft import conversation_items, make_collate
