@@ -95,15 +95,18 @@ def main(argv: list[str] | None = None) -> dict:
             res = run_compare(load_config(CompareConfig, None, d))
         if res["failures"]:
             raise RuntimeError(f"{name}: {res['failures']}")
-        base_row = base_row or res["rows"][0]["metrics"]
-        m = res["rows"][1]["metrics"]
+        base_row = base_row or _with_fluency(res["rows"][0]["metrics"],
+                                             Path(d["out"]) / "cells" / "base" / "eval",
+                                             demo / "world")
+        m = _with_fluency(res["rows"][1]["metrics"],
+                          Path(d["out"]) / "cells" / f"fisao-{args.size}" / "eval", demo / "world")
         train_dir = Path(d["out"]) / "cells" / f"fisao-{args.size}" / "train"
         summ = json.loads((train_dir / "train_summary.json").read_text())
         test = (_evaluate(train_dir / "model", eval_world, Path(d["out"]) / "eval_test",
                           eval_cfg) if eval_world is not None else None)
         rows.append({"setting": name, **{k: round(m[k], 4) for k in
                                           ("chair", "chair_s", "chair_i", "recall", "pope_f1",
-                                           "qa_accuracy")},
+                                           "qa_accuracy", "degenerate_share")},
                      "overrides": over, "calibration": str(cal),
                      "train_seconds": summ.get("seconds"),
                      **({f"{args.eval_split}_split": test} if test is not None else {}),
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
                      # how far the last PPO update moved the policy
                      **{k: summ.get("last", {}).get(k) for k in
                         ("approx_kl", "clip_fraction", "mean_reward", "pos_share", "neg_share")}})
-    keys = ["chair", "chair_s", "chair_i", "recall", "pope_f1", "qa_accuracy"]
+    keys = ["chair", "chair_s", "chair_i", "recall", "pope_f1", "qa_accuracy", "degenerate_share"]
     table = ["| setting | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|",
              "| base | " + " | ".join(f"{100 * base_row[k]:.1f}" for k in keys) + " |"]
     table += ["| " + r["setting"] + " | " + " | ".join(f"{100 * r[k]:.1f}" for k in keys)
@@ -158,7 +161,20 @@ def _plot(report: dict, path: str, split: str) -> Path:
     return _save(fig, path)
 
 
-TEST_KEYS = ("chair", "chair_s", "chair_i", "recall", "pope_f1", "avg_len")
+TEST_KEYS = ("chair", "chair_s", "chair_i", "recall", "pope_f1", "avg_len", "degenerate_share",
+             "oov_word_rate")
+
+
+def _with_fluency(m: dict, eval_dir: Path, world_dir) -> dict:
+    """``m`` plus the fluency metrics, computed from the eval dir's descriptions when ``m``
+    predates them (evaluations written before the suite reported them)."""
+    if "degenerate_share" in m:
+        return m
+    from visalign.eval.fluency import fluency_of_answers, world_vocabulary
+    from visalign.world import load_world
+
+    vocab = world_vocabulary(load_world(world_dir))
+    return {**m, **fluency_of_answers(Path(eval_dir) / "answers_detail.jsonl", vocab)}
 
 
 def _evaluate(model: Path, world, out: Path, eval_cfg) -> dict:
@@ -171,6 +187,7 @@ def _evaluate(model: Path, world, out: Path, eval_cfg) -> dict:
     else:
         with contextlib.redirect_stdout(sys.stderr):
             m = evaluate_model(str(model), world, out, eval_cfg)["metrics"]
+    m = _with_fluency(m, out, world.root)
     return {k: round(m[k], 4) for k in TEST_KEYS}
 
 

@@ -10,7 +10,7 @@ with paired bootstrap intervals against the base: ΔCHAIR over images
 Resumable: a cell whose ``OUT/<cell>/eval.json`` exists is read, not re-run.
 
     python benchmarks/bench_grid_reeval.py --grid GRID --out runs/reeval [--n-images 500]
-        [--pope-images 200] [--world W --split val]
+        [--pope-images 200] [--world W --split val] [--cells C ...] [--extra NAME=MODEL ...]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-KEYS = ("chair", "chair_s", "chair_i", "recall", "pope_f1", "avg_len")
+KEYS = ("chair", "chair_s", "chair_i", "recall", "pope_f1", "avg_len", "degenerate_share")
 SPLITS = ("random", "popular", "adversarial")
 
 
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--world", default="", help="world to evaluate on ('' = the grid's)")
     ap.add_argument("--split", default="", help="split ('' = the grid's)")
     ap.add_argument("--cells", nargs="*", default=None, help="only these cells (base always)")
+    ap.add_argument("--extra", nargs="*", default=[], metavar="NAME=MODEL_DIR",
+                    help="also evaluate these models (e.g. other trainer seeds or data sizes "
+                    "of a method, trained from the grid's base), paired with the base like a cell")
     args = ap.parse_args(argv)
 
     from visalign.compare import CompareConfig
@@ -103,22 +106,39 @@ def main(argv: list[str] | None = None) -> dict:
     names = [c.name for c in cells if c.name != "base" and
              (args.cells is None or c.name in args.cells)]
 
+    extra = dict(e.split("=", 1) for e in args.extra)
+    clash = set(extra) & set(names + ["base"])
+    if clash:
+        raise SystemExit(f"--extra names {sorted(clash)} clash with the grid's cells")
+    names += list(extra)
+
     def evaluate(name: str) -> Path:
         d = out / name
         if not (d / "eval.json").exists():
-            model = json.loads((grid / "cells" / name / "row.json").read_text())["model"]
+            model = extra.get(name) or json.loads(
+                (grid / "cells" / name / "row.json").read_text())["model"]
             with contextlib.redirect_stdout(sys.stderr):
                 evaluate_model(model, world, d, ev)
         return d
 
+    from visalign.eval.fluency import fluency_of_answers, world_vocabulary
+
+    vocab = world_vocabulary(world)
+
+    def metrics(d: Path) -> dict:
+        m = json.loads((d / "eval.json").read_text())["metrics"]
+        # evaluations written before the suite reported fluency
+        return m if "degenerate_share" in m else \
+            {**m, **fluency_of_answers(d / "answers_detail.jsonl", vocab)}
+
     base_dir = evaluate("base")
-    base_m = json.loads((base_dir / "eval.json").read_text())["metrics"]
+    base_m = metrics(base_dir)
     base_caps = json.loads((base_dir / "chair.json").read_text())["captions"]
     base_pope = _pope(base_dir)
     rows = []
     for name in names:
         d = evaluate(name)
-        m = json.loads((d / "eval.json").read_text())["metrics"]
+        m = metrics(d)
         ch = paired_chair_bootstrap(base_caps, json.loads((d / "chair.json").read_text())
                                     ["captions"], seed=0)
         pf = paired_pope_f1(base_pope, _pope(d))
@@ -129,17 +149,20 @@ def main(argv: list[str] | None = None) -> dict:
                      "p_lower_chair": round(ch["p_lower"]["chair"], 3),
                      "delta_pope_f1": round(pf["delta"], 4),
                      "ci95_pope_f1": [round(x, 4) for x in pf["ci"]]})
-    table = ["| cell | CHAIR | Δ CHAIR (95 % CI) | rel. | POPE F1 | Δ F1 (95 % CI) | recall | words |",
-             "|---|---|---|---|---|---|---|---|",
+    table = ["| cell | CHAIR | Δ CHAIR (95 % CI) | rel. | POPE F1 | Δ F1 (95 % CI) | recall | words "
+             "| degenerate |",
+             "|---|---|---|---|---|---|---|---|---|",
              f"| base | {100 * base_m['chair']:.1f} | | | {100 * base_m['pope_f1']:.1f} | | "
-             f"{100 * base_m['recall']:.1f} | {base_m['avg_len']:.1f} |"]
+             f"{100 * base_m['recall']:.1f} | {base_m['avg_len']:.1f} | "
+             f"{100 * base_m['degenerate_share']:.1f} % |"]
     for r in rows:
         table.append(
             f"| {r['cell']} | {100 * r['chair']:.1f} | {100 * r['delta_chair']:+.1f} "
             f"[{100 * r['ci95_chair'][0]:+.1f}, {100 * r['ci95_chair'][1]:+.1f}] | "
             f"{100 * r['rel_change_chair']:+.0f} % | {100 * r['pope_f1']:.1f} | "
             f"{100 * r['delta_pope_f1']:+.1f} [{100 * r['ci95_pope_f1'][0]:+.1f}, "
-            f"{100 * r['ci95_pope_f1'][1]:+.1f}] | {100 * r['recall']:.1f} | {r['avg_len']:.1f} |")
+            f"{100 * r['ci95_pope_f1'][1]:+.1f}] | {100 * r['recall']:.1f} | {r['avg_len']:.1f} | "
+            f"{100 * r['degenerate_share']:.1f} % |")
     report = {"grid": str(grid), "world": str(world.root), "split": ev.split,
               "n_images": args.n_images, "pope_images": args.pope_images,
               "base": {k: round(base_m[k], 4) for k in KEYS}, "rows": rows,

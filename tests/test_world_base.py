@@ -15,6 +15,7 @@ def test_tiny_base_end_to_end(tiny_base_dir):
     ev = json.loads((tiny_base_dir / "eval.json").read_text())
     m = ev["metrics"]
     for key in ("chair_s", "chair_i", "chair", "recall", "clip_auroc", "qa_accuracy",
+                "oov_word_rate", "degenerate_share", "distinct_2",
                 *(f"pope_{s}_{k}" for s in ("random", "popular", "adversarial")
                   for k in ("accuracy", "precision", "recall", "f1", "yes_ratio"))):
         assert key in m and 0.0 <= m[key] <= 1.0, key

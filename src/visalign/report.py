@@ -23,6 +23,9 @@ COLUMNS: list[tuple[str, str, str, bool, float]] = [
     ("Comprehension", "bleu_4", "BLEU-4", True, 100),
     ("Comprehension", "rouge_l", "ROUGE-L", True, 100),
     ("Comprehension", "cider", "CIDEr", True, 100),
+    # descriptions whose text broke down (visalign.eval.fluency): a low CHAIR from them is not
+    # less hallucination
+    ("Comprehension", "degenerate_share", "Degen.", False, 100),
     ("Hallucinations", "pope_f1", "POPE-F1", True, 100),
     ("Hallucinations", "chair_s", "CHAIR_s", False, 100),
     ("Hallucinations", "chair_i", "CHAIR_i", False, 100),

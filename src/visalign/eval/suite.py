@@ -99,6 +99,12 @@ def evaluate_model(vlm_or_path: Any, world: Any, out_dir: str | Path,
     chair_res = chair.evaluate(caps)
     write_json(out / "chair.json", chair_res)
     metrics.update(chair_res["metrics"])
+    # a low CHAIR from broken text is not less hallucination (visalign.eval.fluency)
+    from visalign.eval.fluency import fluency, world_vocabulary
+
+    vocab = world_vocabulary(world)
+    if vocab:
+        metrics.update(fluency([a["answer"] for a in answers], vocab))
     timings["describe+chair"] = time.time() - t
 
     if settings.caption_metrics:
