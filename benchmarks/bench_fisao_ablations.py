@@ -166,10 +166,8 @@ TEST_KEYS = ("chair", "chair_s", "chair_i", "recall", "pope_f1", "avg_len", "deg
 
 
 def _with_fluency(m: dict, eval_dir: Path, world_dir) -> dict:
-    """``m`` plus the fluency metrics, computed from the eval dir's descriptions when ``m``
-    predates them (evaluations written before the suite reported them)."""
-    if "degenerate_share" in m:
-        return m
+    """``m`` plus the fluency metrics, recomputed from the eval dir's descriptions (evaluations
+    written before the suite reported them, or before its vocabulary covered every split)."""
     from visalign.eval.fluency import fluency_of_answers, world_vocabulary
     from visalign.world import load_world
 

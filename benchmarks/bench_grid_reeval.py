@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     def metrics(d: Path) -> dict:
         m = json.loads((d / "eval.json").read_text())["metrics"]
-        # evaluations written before the suite reported fluency
-        return m if "degenerate_share" in m else \
-            {**m, **fluency_of_answers(d / "answers_detail.jsonl", vocab)}
+        # recomputed: evaluations written before the suite reported fluency, or before its
+        # vocabulary covered every split, lack it or undercount the language
+        return {**m, **fluency_of_answers(d / "answers_detail.jsonl", vocab)}
 
     base_dir = evaluate("base")
     base_m = metrics(base_dir)

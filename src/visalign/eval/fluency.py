@@ -7,8 +7,8 @@ degenerate optimum: broken words are not entities, so they earn no negative rewa
 metrics flag it:
 
 - ``oov_word_rate``: share of generated words outside a vocabulary of reference text (for the
-  micro-world, every word of its train captions and instruction data, a closed language, so a
-  fluent model scores ~0);
+  micro-world, every word of its captions and instruction data, a closed language, so a fluent
+  model scores ~0);
 - ``degenerate_share``: share of descriptions with an out-of-vocabulary word or the same word
   three times in a row;
 - ``distinct_2``: per description, distinct word bigrams over all its bigrams, averaged
@@ -37,18 +37,21 @@ def build_vocabulary(texts: Iterable[str]) -> set[str]:
     return vocab
 
 
-def world_vocabulary(world, split: str = "train") -> set[str]:
-    """The micro-world's language: words of ``split``'s reference captions and of every turn of
-    its instruction data (those of the two files that exist; empty set if neither does)."""
+def world_vocabulary(world, splits: Sequence[str] = ("train", "val", "test")) -> set[str]:
+    """The micro-world's language: every word of the reference captions and instruction turns of
+    ``splits`` (those files that exist; empty set if none does). All splits by default: a world
+    built for evaluation may have a token train split, and the language is the same in each."""
     from visalign.data.coco import load_coco_captions
     from visalign.data.llava import load_llava_records
 
     texts: list[str] = []
-    caps, llava = Path(world.captions_path(split)), Path(world.llava_path(split))
-    if caps.exists():
-        texts += [c for cs in load_coco_captions(caps).values() for c in cs]
-    if llava.exists():
-        texts += [turn["value"] for r in load_llava_records(llava) for turn in r["conversations"]]
+    for split in [s for s in splits if s in getattr(world, "splits", splits)]:
+        caps, llava = Path(world.captions_path(split)), Path(world.llava_path(split))
+        if caps.exists():
+            texts += [c for cs in load_coco_captions(caps).values() for c in cs]
+        if llava.exists():
+            texts += [turn["value"] for r in load_llava_records(llava)
+                      for turn in r["conversations"]]
     return build_vocabulary(texts)
 
 

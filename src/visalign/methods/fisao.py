@@ -75,7 +75,10 @@ class FisaoConfig(TrainConfig):
     extra_vocab: str = field("", help="synonyms file (CHAIR form) added to a built entity set")
     lam: float | None = field(None, help="margin λ of Eq. 8 (None = the calibration's)")
     xi: float = field(0.05, help="ξ: weight of the KL penalty in the reward")
-    kl_on: Literal["entity", "all", "none"] = field("entity", help="tokens carrying -ξ·KL")
+    kl_on: Literal["entity", "all", "none"] = field(
+        "entity", help="tokens carrying -ξ·KL: 'entity' as Eq. 8 writes it; 'all' every response "
+        "token, which on the micro-world kept the text intact at budgets where 'entity' let the "
+        "policy break words (docs/methods_on_grounded_base.md, stop 16)")
     kl_estimator: Literal["k1", "k2", "k3"] = field("k1", help="per-token KL estimator")
     ppo_epochs: int = field(4, help="e: PPO epochs (optimiser steps) per rollout (Algorithm 1)")
     clip_eps: float = field(0.2, help="ε of the clipped surrogate (Eq. 9)")
