@@ -40,6 +40,23 @@ def test_markdown_and_csv_have_every_row():
     assert csv[2].startswith("nsft,300,")
 
 
+def test_degenerate_rows_are_flagged_and_count_against_comprehension():
+    from visalign.report import degeneration_notes
+
+    rows = _rows()
+    rows[0]["metrics"]["degenerate_share"] = 0.0
+    rows[1]["metrics"]["degenerate_share"] = 0.005           # within the 1-point tolerance
+    assert degeneration_notes(rows) == []
+    rows[1]["metrics"]["degenerate_share"] = 0.33
+    (note,) = degeneration_notes(rows)
+    assert note.startswith("WARNING nsft-300: 33.0 %") and "base 0.0 %" in note
+    header, body = table_rows(rows)
+    # lower is better: 33 points of broken descriptions cost 33 points of Comprehension
+    assert body[1][header.index("Degen.")] == "33.0"
+    assert body[1][header.index("Comprehension total")] == "(-33.0)"
+    assert degeneration_notes(_rows()) == []                 # rows without the metric
+
+
 def test_compare_config_rejects_unknown_method(tmp_path):
     from visalign.compare import CompareConfig, run_compare
 

@@ -216,7 +216,8 @@ def _trainer_cfg(kind: str, method: str, cfg: CompareConfig, flags: dict) -> Any
 def run_compare(cfg: CompareConfig) -> dict:
     """Run (or resume) the grid; returns the ``results.json`` content."""
     from visalign.eval.suite import evaluate_model
-    from visalign.report import plot_chair_deltas, plot_methods, report_markdown, write_results
+    from visalign.report import (degeneration_notes, plot_chair_deltas, plot_methods,
+                                 report_markdown, write_results)
     from visalign.world import build_world, load_world, world_config
 
     unknown = [m for m in cfg.methods if m not in METHODS]
@@ -344,6 +345,9 @@ def run_compare(cfg: CompareConfig) -> dict:
     write_json(out / "results.json", results)
     write_results(rows, out, title="visalign comparison")
     notes = [f"FAILED {f['method']}-{f['data_size']}: {f['error']}" for f in failures]
+    notes += degeneration_notes(rows)
+    for n in notes[len(failures):]:
+        print(n, file=sys.stderr)
     notes += [f"{k}: {v}" for k, v in analysis.get("calibration", {}).items() if v is not None]
     atomic_write_text(out / "report.md", report_markdown(rows, figures, st.times, notes))
     return results

@@ -160,6 +160,25 @@ def plot_chair_deltas(deltas: list[dict], path: str | Path, metric: str = "chair
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def degeneration_notes(rows: list[dict], tolerance: float = 0.01) -> list[str]:
+    """A warning per row whose share of degenerate descriptions (``degenerate_share``,
+    :mod:`visalign.eval.fluency`) exceeds its data size's base row's by more than ``tolerance``:
+    broken words are not CHAIR entities, so such a row's CHAIR is partly broken text."""
+    bases = [r for r in rows if r["method"] == "base" and "degenerate_share" in r["metrics"]]
+    if not bases:
+        return []
+    ref = bases[0]["metrics"]["degenerate_share"]
+    out = []
+    for r in rows:
+        d = r["metrics"].get("degenerate_share")
+        if r["method"] == "base" or d is None or d <= ref + tolerance:
+            continue
+        out.append(f"WARNING {r['method']}-{r.get('data_size', 0)}: {100 * d:.1f} % of its "
+                   f"descriptions are degenerate (base {100 * ref:.1f} %); its CHAIR counts broken "
+                   f"text as less hallucination (visalign.eval.fluency)")
+    return out
+
+
 def report_markdown(rows: list[dict], figures: dict[str, str], timings: dict[str, float],
                     notes: list[str] | None = None, title: str = "visalign comparison") -> str:
     """A short report embedding the table and the figures (paths relative to the report)."""
