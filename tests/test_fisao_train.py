@@ -291,6 +291,26 @@ def two_proc_setup(tmp_path_factory, tiny_llava_dir, tiny_clip_dir):
     return root, args
 
 
+def test_adaptive_kl_controller_moves_xi_and_logs_it(two_proc_setup):
+    root, args = two_proc_setup
+    out = root / "adaptive"
+    a = {**args, "max_steps": 3}
+    cfg = FisaoConfig(**a, rollout_batch=4, out=str(out), kl_on="all", kl_target=1e-12,
+                      kl_horizon=4)
+    cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout = 4, 8, 0.0
+    train_fisao(cfg)
+    log = [json.loads(ln) for ln in (out / "log.jsonl").open()]
+    xs, kls = [r["xi"] for r in log], [r["kl"] for r in log]
+    # rollout 1: LoRA starts at the reference, KL 0 < target -> ξ falls 20 %; afterwards the
+    # policy has moved, KL > target -> ξ rises 20 % per rollout (4 samples, horizon 4)
+    assert xs[0] == pytest.approx(0.5) and kls[0] == pytest.approx(0.0, abs=1e-6)
+    assert xs[1] == pytest.approx(0.4)
+    assert kls[1] > 0 and xs[2] == pytest.approx(0.48)
+    with pytest.raises(ValueError, match="kl_target"):
+        train_fisao(FisaoConfig(**a, rollout_batch=4, out=str(root / "bad"), kl_on="none",
+                                kl_target=0.1))
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(two_proc_setup):
     root, args = two_proc_setup
     one = root / "one"

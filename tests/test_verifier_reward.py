@@ -141,3 +141,18 @@ def test_margin_widens_the_neutral_band():
     # lam = 0: thresholds at mu_gt = .5 and mu_hal = .25 themselves
     assert normalized_reward(torch.tensor([0.55, 0.2]), CAL, 0.0).tolist() == pytest.approx(
         [0.05 / 0.5, -0.05 / 0.25])
+
+
+def test_adaptive_kl_coef_follows_ziegler_and_clips_the_error():
+    from visalign.verifier.reward import adaptive_kl_coef
+
+    # KL at twice the target: error clipped to +0.2; 16 of a 160-sample horizon -> +2 %
+    assert adaptive_kl_coef(0.1, 0.2, 0.1, 16, 160) == pytest.approx(0.1 * 1.02)
+    # KL 5 % under target: error -0.05, full horizon -> -5 %
+    assert adaptive_kl_coef(0.1, 0.095, 0.1, 100, 100) == pytest.approx(0.095)
+    # no KL at all (first rollout of a LoRA policy): the largest decrease
+    assert adaptive_kl_coef(0.5, 0.0, 0.1, 4, 4) == pytest.approx(0.4)
+    assert adaptive_kl_coef(0.5, 0.1, 0.1, 4, 4) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="target and horizon"):
+        adaptive_kl_coef(0.1, 0.1, 0.0, 4, 4)
+

@@ -26,6 +26,9 @@ Departures from the paper, all configurable:
   forward/backward without changing the gradient;
 - dropout is off during the PPO forward passes (``disable_dropout``, as TRL does), so that
   r_t = 1 exactly on the first epoch;
+- ``kl_target`` > 0 (off by default) adapts ξ after each rollout so that the per-token KL to
+  the reference tracks the target: on the micro-world, KL above ~0.2 nats/token came with
+  broken words (docs/methods_on_grounded_base.md, stop 16);
 - with ``trainable`` other than ``lora`` the reference policy is a frozen copy of the initial
   model (twice the weights in memory); with LoRA it is the same model with adapters disabled.
 
@@ -34,7 +37,9 @@ reward, before KL, over the rewarded entity mentions), ``pos_share`` / ``neg_sha
 mentions with a positive / negative reward), ``kl`` (mean per-token KL estimate π_old‖π_ref over
 response tokens), ``clip_fraction`` (share of response tokens whose clipped term is the smaller
 one, averaged over PPO epochs), ``loss``, ``grad_norm``, ``approx_kl`` (π_old‖π_θ after the
-update), ``entities_per_response``, ``response_tokens``, ``finished``, ``lr``.
+update), ``entities_per_response``, ``response_tokens``, ``finished``, ``lr``, ``xi`` (the KL weight used
+for this rollout; it moves only with ``kl_target`` > 0, the adaptive controller of Ziegler et
+al. that TRL also offers, which is not in the paper and is saved in checkpoints).
 """
 
 from __future__ import annotations
@@ -80,6 +85,11 @@ class FisaoConfig(TrainConfig):
         "token, which on the micro-world kept the text intact at budgets where 'entity' let the "
         "policy break words (docs/methods_on_grounded_base.md, stop 16)")
     kl_estimator: Literal["k1", "k2", "k3"] = field("k1", help="per-token KL estimator")
+    kl_target: float = field(
+        0.0, help="adapt ξ after every rollout so that the per-token KL to the reference "
+        "tracks this value (Ziegler et al.'s controller; not in the paper); 0 = fixed ξ")
+    kl_horizon: int = field(10000, help="samples over which the adaptive controller makes a "
+                                        "full ±20 % correction of ξ (kl_target > 0)")
     ppo_epochs: int = field(4, help="e: PPO epochs (optimiser steps) per rollout (Algorithm 1)")
     clip_eps: float = field(0.2, help="ε of the clipped surrogate (Eq. 9)")
     rollout_batch: int = field(16, help="prompts per rollout (per process)")
@@ -317,20 +327,22 @@ def score_rollout(rollout: Any, images: list, scorer: Any, entities: Any, calib:
 
 
 def shaped_rewards(rewards: Any, is_entity: Any, mask: Any, logprobs: Any, ref_logprobs: Any,
-                   cfg: FisaoConfig) -> tuple[Any, Any]:
+                   cfg: FisaoConfig, xi: float | None = None) -> tuple[Any, Any]:
     """Eq. 8 with its KL term and the advantage: returns ``(advantages, kl)``, both (b, T).
 
     ``kl`` is the per-token estimate (``cfg.kl_estimator``) of KL(π_old ‖ π_ref) at the sampled
     tokens (0 off the response); ``-ξ·kl`` is added on the entity tokens (``kl_on=entity``,
-    Eq. 8 literally), on every response token (``all``) or nowhere (``none``).
+    Eq. 8 literally), on every response token (``all``) or nowhere (``none``). ``xi``
+    overrides ``cfg.xi`` (the adaptive controller's current value).
     """
     from visalign.losses import kl_penalty, reward_to_go
 
     kl = kl_penalty(logprobs, ref_logprobs, kind=cfg.kl_estimator) * mask
     total = rewards
-    if cfg.xi > 0 and cfg.kl_on != "none":
+    xi = cfg.xi if xi is None else xi
+    if xi > 0 and cfg.kl_on != "none":
         where = (is_entity & mask) if cfg.kl_on == "entity" else mask
-        total = rewards - cfg.xi * kl * where
+        total = rewards - xi * kl * where
     adv = reward_to_go(total, mask) if cfg.advantage == "reward_to_go" else total * mask
     return adv, kl
 
@@ -470,13 +482,17 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     from PIL import Image
 
     from visalign.models import load_vlm
+    from visalign.verifier.reward import adaptive_kl_coef
     from visalign.verifier.scorer import ClipScorer
 
+    if cfg.ppo_epochs < 1 or cfg.rollout_batch < 1:
+        raise ValueError("ppo_epochs and rollout_batch must be >= 1")
+    if cfg.kl_target > 0 and (cfg.xi <= 0 or cfg.kl_on == "none" or cfg.kl_horizon <= 0):
+        raise ValueError("kl_target > 0 adapts ξ multiplicatively: it needs xi > 0, "
+                         "kl_on other than 'none' and kl_horizon > 0")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    if cfg.ppo_epochs < 1 or cfg.rollout_batch < 1:
-        raise ValueError("ppo_epochs and rollout_batch must be >= 1")
     calib, sent_calib = load_calibrations(cfg)
     items = load_prompts(cfg)
     acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -582,8 +598,9 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
             old = batch_logprobs(model, batch, cfg.ppo_minibatch)
             with ref_ctx() as ref_m:
                 ref = batch_logprobs(ref_m, batch, cfg.ppo_minibatch)
+        xi = float(state.get("xi", cfg.xi))
         adv, kl = shaped_rewards(sc.rewards.to(old.device), sc.is_entity.to(old.device), mask,
-                                 old, ref, cfg)
+                                 old, ref, cfg, xi=xi)
         n_tok = float(mask.sum())
         local = torch.tensor([n_tok, float(len(mine)), float(sc.n_entities), float(sc.n_pos),
                               float(sc.n_neg), sc.reward_sum, float(kl.sum()),
@@ -624,7 +641,12 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
             "response_tokens": n_tok_global / float(glob[1]),
             "finished": float(glob[7]) / float(glob[1]),
             "lr": lr,
+            "xi": xi,
         }
+        if cfg.kl_target > 0:
+            # every process sees the same global KL, so ξ stays identical across processes
+            state["xi"] = adaptive_kl_coef(xi, stats["kl"], cfg.kl_target, per_rollout,
+                                           cfg.kl_horizon)
         if bar:
             bar.update(1)
             bar.set_postfix(r=f"{stats['mean_reward']:+.3f}", neg=f"{stats['neg_share']:.2f}")

@@ -227,3 +227,19 @@ def response_entity_scores(text: str, offsets: Sequence[tuple[int, int] | None],
             scores[t] = torch.minimum(scores[t], s[j]) if is_entity[t] else s[j]
             is_entity[t] = True
     return scores, is_entity, mentions
+
+
+def adaptive_kl_coef(xi: float, kl: float, target: float, n_samples: int,
+                     horizon: int) -> float:
+    """The adaptive KL controller of Ziegler et al. (2019), as TRL's ``AdaptiveKLController``:
+    ``ξ ← ξ · (1 + clip(kl / target − 1, −0.2, 0.2) · n_samples / horizon)``.
+
+    Not in the FiSAO paper. ``kl`` is the measured per-token KL of the last rollout,
+    ``n_samples`` the rollout's size, ``horizon`` how many samples a full ±20 % correction takes.
+    """
+    if target <= 0 or horizon <= 0:
+        raise ValueError(f"adaptive_kl_coef: target and horizon must be > 0, got {target}, "
+                         f"{horizon}")
+    err = min(max(kl / target - 1.0, -0.2), 0.2)
+    return xi * (1.0 + err * n_samples / horizon)
+
