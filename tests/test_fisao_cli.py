@@ -17,7 +17,7 @@ from visalign.verifier.reward import Calibration
 
 LOG_KEYS = {"step", "loss", "mean_reward", "pos_share", "neg_share", "kl", "clip_fraction",
             "approx_kl", "grad_norm", "entities_per_response", "response_tokens", "finished",
-            "lr", "elapsed"}
+            "lr", "xi", "elapsed"}
 TRAIN = ["rollout_batch=2", "max_new_tokens=10", "ppo_epochs=2", "max_steps=3", "save_every=2",
          "lr=1e-3", "warmup_ratio=0.0", "progress=false", "lora.r=4", "lora.alpha=8",
          "save_merged=false"]
@@ -127,6 +127,7 @@ def test_train_fisao_cli_outputs_log_stats_and_resume(calibrated, world, tiny_ll
     assert [r["step"] for r in log] == [1, 2, 3]
     for r in log:
         assert set(r) == LOG_KEYS
+        assert r["xi"] == log[0]["xi"]          # fixed ξ unless kl_target is set
         assert all(math.isfinite(v) for v in r.values())
         assert 0.0 <= r["pos_share"] and 0.0 <= r["neg_share"]
         assert r["pos_share"] + r["neg_share"] <= 1.0 and 0.0 <= r["clip_fraction"] <= 1.0
