@@ -345,9 +345,10 @@ def run_compare(cfg: CompareConfig) -> dict:
     write_json(out / "results.json", results)
     write_results(rows, out, title="visalign comparison")
     notes = [f"FAILED {f['method']}-{f['data_size']}: {f['error']}" for f in failures]
-    notes += degeneration_notes(rows)
-    for n in notes[len(failures):]:
+    warnings = degeneration_notes(rows)
+    for n in warnings:
         print(n, file=sys.stderr)
+    notes += warnings
     notes += [f"{k}: {v}" for k, v in analysis.get("calibration", {}).items() if v is not None]
     atomic_write_text(out / "report.md", report_markdown(rows, figures, st.times, notes))
     return results

@@ -17,6 +17,7 @@ metrics flag it:
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -40,19 +41,32 @@ def build_vocabulary(texts: Iterable[str]) -> set[str]:
 def world_vocabulary(world, splits: Sequence[str] = ("train", "val", "test")) -> set[str]:
     """The micro-world's language: every word of the reference captions and instruction turns of
     ``splits`` (those files that exist; empty set if none does). All splits by default: a world
-    built for evaluation may have a token train split, and the language is the same in each."""
+    built for evaluation may have a token train split, and the language is the same in each.
+
+    Memoised per file set (paths and modification times): a grid evaluates every cell against
+    the same world, and reading its text costs about half a second each time."""
+    files = []
+    for split in [s for s in splits if s in getattr(world, "splits", splits)]:
+        for path, kind in ((Path(world.captions_path(split)), "captions"),
+                           (Path(world.llava_path(split)), "llava")):
+            if path.exists():
+                files.append((str(path.resolve()), path.stat().st_mtime_ns, kind))
+    return set(_vocabulary_of_files(tuple(files)))
+
+
+@functools.lru_cache(maxsize=8)
+def _vocabulary_of_files(files: tuple[tuple[str, int, str], ...]) -> frozenset[str]:
     from visalign.data.coco import load_coco_captions
     from visalign.data.llava import load_llava_records
 
     texts: list[str] = []
-    for split in [s for s in splits if s in getattr(world, "splits", splits)]:
-        caps, llava = Path(world.captions_path(split)), Path(world.llava_path(split))
-        if caps.exists():
-            texts += [c for cs in load_coco_captions(caps).values() for c in cs]
-        if llava.exists():
-            texts += [turn["value"] for r in load_llava_records(llava)
+    for path, _mtime, kind in files:
+        if kind == "captions":
+            texts += [c for cs in load_coco_captions(path).values() for c in cs]
+        else:
+            texts += [turn["value"] for r in load_llava_records(path)
                       for turn in r["conversations"]]
-    return build_vocabulary(texts)
+    return frozenset(build_vocabulary(texts))
 
 
 def fluency(texts: Sequence[str], vocab: set[str]) -> dict:
