@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "train_seconds": summ.get("seconds"),
                      **({f"{args.eval_split}_split": test} if test is not None else {}),
                      "verifier_share_of_rollout": summ.get("verifier_share_of_rollout"),
+                     # how far the policy drifted from the reference by the end of training
+                     "kl_ref_last10": _kl_last(train_dir / "log.jsonl"),
                      # how far the last PPO update moved the policy
                      **{k: summ.get("last", {}).get(k) for k in
                         ("approx_kl", "clip_fraction", "mean_reward", "pos_share", "neg_share")}})
@@ -173,6 +175,12 @@ def _with_fluency(m: dict, eval_dir: Path, world_dir) -> dict:
 
     vocab = world_vocabulary(load_world(world_dir))
     return {**m, **fluency_of_answers(Path(eval_dir) / "answers_detail.jsonl", vocab)}
+
+
+def _kl_last(log: Path, n: int = 10) -> float:
+    """Mean per-token KL π_old‖π_ref (the log's ``kl``) over the last ``n`` rollouts."""
+    kl = [json.loads(ln)["kl"] for ln in log.read_text().splitlines() if ln.strip()][-n:]
+    return round(sum(kl) / len(kl), 4)
 
 
 def _evaluate(model: Path, world, out: Path, eval_cfg) -> dict:
