@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from visalign.eval.chair import Chair, load_synonyms
     from visalign.eval.pope import SPLITS, parse_yes_no
+    from visalign.eval.suite import pope_questions_path
     from visalign.io import read_jsonl
     from visalign.world import load_world
 
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
         evals[name] = Path(path)
     report: dict = {"run": str(run), "split": args.split, "cells": {}}
     for sp in SPLITS:
-        qpath = Path(world.root) / "pope" / (f"{args.split}_{sp}_{args.pope_images}_"
-                                             f"{args.negatives}_{args.seed}.jsonl")
+        qpath = pope_questions_path(world, args.split, sp, args.pope_images, args.negatives,
+                                    args.seed)
         if not qpath.exists():
             sys.exit(f"no POPE questions at {qpath}: check --pope-images/--negatives/--seed")
         qs = read_jsonl(qpath)
@@ -73,12 +74,15 @@ def main(argv: list[str] | None = None) -> dict:
             for q in qs:
                 if q["question_id"] not in ans or q["image_id"] not in named:
                     continue
-                said = q["object"] in named[q["image_id"]]
-                key = (("present_named" if said else "present_unnamed") if q["label"] == "yes"
-                       else ("absent_hallucinated" if said else "absent_unnamed"))
+                base_named = q["object"] in named[q["image_id"]]
+                if q["label"] == "yes":
+                    key = "present_named" if base_named else "present_unnamed"
+                else:
+                    key = "absent_hallucinated" if base_named else "absent_unnamed"
+                said_yes = parse_yes_no(ans[q["question_id"]]) == "yes"
                 for k in (key, "all"):
                     n[k] += 1
-                    yes[k] += parse_yes_no(ans[q["question_id"]]) == "yes"
+                    yes[k] += said_yes
             report["cells"].setdefault(cell, {})[sp] = {
                 k: {"yes_rate": round(yes[k] / n[k], 4), "questions": n[k]} for k in sorted(n)}
     for cell in cells:

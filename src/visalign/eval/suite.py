@@ -55,6 +55,12 @@ def qa_correct(answer: str, gt: str) -> bool:
     return a == g or a.startswith(g + " ") or a.split(" ")[: len(g.split())] == g.split()
 
 
+def pope_questions_path(world: Any, split: str, pope_split: str, images: int, negatives: int,
+                        seed: int) -> Path:
+    """Where the suite caches a world's POPE questions, so every model sees the same ones."""
+    return Path(world.root) / "pope" / f"{split}_{pope_split}_{images}_{negatives}_{seed}.jsonl"
+
+
 def _generate(vlm: Any, records: list[dict], out: Path, settings: EvalSettings, *,
               max_new_tokens: int, id_key: str = "id", prompt_key: str = "prompt",
               image_root: str | Path = "") -> list[dict]:
@@ -125,8 +131,8 @@ def evaluate_model(vlm_or_path: Any, world: Any, out_dir: str | Path,
     # 2. POPE, three splits; questions are cached per world so every model sees the same ones
     t = time.time()
     for sp in settings.pope_splits:
-        qpath = Path(world.root) / "pope" / f"{split}_{sp}_{settings.pope_images}_" \
-                                           f"{settings.pope_negatives}_{settings.seed}.jsonl"
+        qpath = pope_questions_path(world, split, sp, settings.pope_images,
+                                    settings.pope_negatives, settings.seed)
         if not qpath.exists():
             qs = build_pope(world.instances_path(split), sp, settings.pope_images,
                             settings.pope_negatives, settings.seed, image_root=world.image_root)
