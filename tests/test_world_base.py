@@ -101,6 +101,36 @@ def test_dense_clip_term_is_trained(tiny_world_dir, tmp_path):
     assert all(math.isnan(v) for v in logs[0.0])
 
 
+def test_generated_clip_images_equal_a_larger_worlds(tmp_path):
+    """`clip.images` beyond the train split draws the items a world built with a larger
+    n_train holds: same pixels, captions, objects and patch labels; nothing is written."""
+    import numpy as np
+
+    from visalign.world import build_world, load_world, world_config
+    from visalign.world.base import _clip_examples, clip_training_examples
+
+    small = tmp_path / "w6"
+    big = tmp_path / "w10"
+    for out, n in ((small, 6), (big, 10)):
+        build_world(world_config("tiny", seed=3, overrides={"n_train": n, "n_val": 2}), out)
+    before = sorted(p.name for p in small.rglob("*"))
+    w_small, w_big = load_world(small), load_world(big)
+    cats = w_small.categories
+    got = clip_training_examples(w_small, 10, cats)
+    want, _ = _clip_examples(w_big, "train", cats)
+    assert len(got) == len(want) == 10
+    for g, w in zip(got, want):
+        assert np.array_equal(np.asarray(g.image), np.asarray(w.image))
+        assert g.captions == w.captions and g.objects == w.objects
+        assert g.patch_labels == w.patch_labels
+    # the generated ones are new scenes, not repeats of the first six
+    assert not any(np.array_equal(np.asarray(got[k].image), np.asarray(got[j].image))
+                   for k in range(6, 10) for j in range(6))
+    assert len(clip_training_examples(w_small, 0, cats)) == 6     # 0 = the split alone
+    assert len(clip_training_examples(w_small, 4, cats)) == 6     # never fewer than the split
+    assert sorted(p.name for p in small.rglob("*")) == before
+
+
 def test_scene_lm_texts_state_the_truth(tiny_world_dir, tiny_base_dir):
     """Scene text names exactly the image's objects; lookup questions are answered from it;
     the prompt/answer format is the one the VLM's chat template renders."""

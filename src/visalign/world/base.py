@@ -200,6 +200,40 @@ def _clip_examples(world: Any, split: str, categories: list[str] | None = None,
     return examples, present
 
 
+def _generated_clip_examples(world: Any, start: int, n: int,
+                             categories: list[str] | None = None,
+                             patch_size: int = PATCH_SIZE) -> list:
+    """``n`` more CLIP examples drawn in memory from the world's training distribution: train
+    items ``start ..`` (``world.build.generate_scenes``), exactly the images and captions a
+    world built with a larger ``n_train`` would hold. Nothing is written."""
+    from visalign.world.build import generate_scenes
+    from visalign.world.clip_train import ClipExample, patch_labels
+
+    syn = _synonym_table(world)
+    out = []
+    for scene, image, caps in generate_scenes(world.config, world.vocab, world.train_split,
+                                              start, n):
+        names = sorted(scene.present())
+        labels = None
+        if categories:
+            labels = patch_labels([(*o.bbox, categories.index(o.category))
+                                   for o in scene.objects], world.image_size, patch_size)
+        out.append(ClipExample(image, caps or [" "], [(c, syn.get(c, [c])) for c in names],
+                               labels))
+    return out
+
+
+def clip_training_examples(world: Any, images: int, categories: list[str] | None = None,
+                           patch_size: int = PATCH_SIZE) -> list:
+    """The CLIP's training examples: the world's training split, then (when ``images`` is
+    larger) generated items of the same distribution up to ``images`` in all."""
+    examples, _ = _clip_examples(world, world.train_split, categories, patch_size)
+    if images > len(examples):
+        examples += _generated_clip_examples(world, len(examples), images - len(examples),
+                                             categories, patch_size)
+    return examples
+
+
 def _stage_done(stage_dir: Path) -> bool:
     return (stage_dir / "train_summary.json").exists() and (stage_dir / "model").exists()
 
@@ -252,10 +286,11 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
         clip = CLIPModel.from_pretrained(tmp).to(resolve_device("auto"))
         proc = CLIPProcessor.from_pretrained(tmp)
         cats = [c.name for c in world.vocab.categories]
-        examples, _ = _clip_examples(world, "train", cats)
+        examples = clip_training_examples(world, cfg.clip.images, cats)
         summary = train_clip(clip, proc, examples, cfg.clip, seed=cfg.seed, categories=cats,
                              progress=cfg.progress, log=log.write)
         val_ex, val_present = _clip_examples(world, world.eval_split)
+        summary["images"] = len(examples)
         summary["auroc"] = object_auroc(clip, proc, [e.image for e in val_ex], val_present, cats,
                                         cfg.clip.template)
         clip.cpu().save_pretrained(clip_dir)

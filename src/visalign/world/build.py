@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -320,14 +320,9 @@ def _build_into(cfg: WorldConfig, root: Path, vocab: Vocab, preset: str | None,
             it = tqdm(it, desc=f"world {split}", unit="img")
         for i in it:
             image_id = image_id_for(split, i)
-            scene = sample_scene(np.random.default_rng([cfg.seed, code, i, 0]), vocab, sp,
-                                 image_id=image_id, split=split)
-            img = render_scene(scene, vocab, np.random.default_rng([cfg.seed, code, i, 1]),
-                               noise=cfg.background_noise,
-                               texture_strength=cfg.texture_strength)
+            scene, img, caps = _scene_item(cfg, vocab, sp, tg, split, i)
             # Plain writes: the whole directory is renamed into place atomically at the end.
             (img_dir / f"{image_id:06d}.png").write_bytes(png_bytes(img))
-            caps = tg.captions(scene, random.Random(f"{cfg.seed}/{code}/{i}/captions"))
             captions[image_id] = caps
             records += tg.records(scene, random.Random(f"{cfg.seed}/{code}/{i}/records"),
                                   image=export.image_rel_path(split, image_id),
@@ -371,6 +366,33 @@ def _build_into(cfg: WorldConfig, root: Path, vocab: Vocab, preset: str | None,
     }
     write_json(root / "world.json", summary)
     return summary
+
+
+def _scene_item(cfg: WorldConfig, vocab: Vocab, sp: SceneParams, tg: TextGen, split: str,
+                i: int) -> tuple[Any, Any, list[str]]:
+    """Scene, rendered image and reference captions of item ``i`` of ``split``: the one place
+    that draws them, so generated items equal built ones byte for byte."""
+    code = SPLIT_CODES[split]
+    scene = sample_scene(np.random.default_rng([cfg.seed, code, i, 0]), vocab, sp,
+                         image_id=image_id_for(split, i), split=split)
+    img = render_scene(scene, vocab, np.random.default_rng([cfg.seed, code, i, 1]),
+                       noise=cfg.background_noise, texture_strength=cfg.texture_strength)
+    caps = tg.captions(scene, random.Random(f"{cfg.seed}/{code}/{i}/captions"))
+    return scene, img, caps
+
+
+def generate_scenes(cfg: WorldConfig, vocab: Vocab, split: str, start: int,
+                    n: int) -> Iterator[tuple[Any, Any, list[str]]]:
+    """``(scene, PIL image, captions)`` for items ``start .. start + n - 1`` of ``split``,
+    in memory. Items past the split's size continue its stream: they are exactly what a world
+    built with a larger ``n_<split>`` would hold (same images, same captions), so a stage can
+    draw more images from a world's distribution without writing them."""
+    if split not in SPLIT_CODES:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    sp = cfg.scene_params()
+    tg = TextGen(vocab, cfg.text_params(), theme_probs(vocab, cfg.zipf_exponent))
+    for i in range(start, start + n):
+        yield _scene_item(cfg, vocab, sp, tg, split, i)
 
 
 def _split_summary(split: str, scenes: list, records: list[dict], defects: bool) -> dict:

@@ -27,6 +27,11 @@ from visalign.config import field
 @dataclasses.dataclass
 class ClipTrainSettings:
     epochs: float = field(12.0, help="passes over the training images")
+    images: int = field(
+        0, help="distinct training images: the world's train split, then (when larger) more "
+        "scenes drawn in memory from the same distribution (`world.build.generate_scenes`), as "
+        "a real CLIP is pre-trained on far more images than the VLM's instruction data; 0 = "
+        "the train split alone")
     batch_size: int = field(64, help="images per batch")
     lr: float = field(2e-3, help="peak learning rate (AdamW, cosine)")
     weight_decay: float = field(0.05, help="AdamW weight decay")
