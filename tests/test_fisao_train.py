@@ -104,6 +104,22 @@ def test_margin_lam_ablation_changes_rewards_as_expected():
     assert huge.rewards.abs().sum().item() == 0.0 and huge.n_pos == huge.n_neg == 0
 
 
+def test_reward_branches_diagnostic_keeps_one_side_of_eq8():
+    neg = _score(reward_branches="negative")
+    assert neg.rewards[0, 4].item() == 0.0                       # dog's positive reward dropped
+    assert neg.rewards[0, 8].item() == pytest.approx(-0.6)
+    assert neg.is_entity.nonzero().tolist() == [[0, 4], [0, 8]]  # still entity tokens (KL)
+    assert (neg.n_pos, neg.n_neg) == (0, 1)
+    pos = _score(reward_branches="positive")
+    assert pos.rewards[0, 4].item() == pytest.approx(0.275 / 0.375)
+    assert pos.rewards[0, 8].item() == 0.0 and (pos.n_pos, pos.n_neg) == (1, 0)
+    sent = _score(reward_level="sentence", reward_branches="negative")
+    assert sent.rewards[0, 9].item() == 0.0
+    assert sent.rewards[1, 5].item() == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="reward_branches"):
+        _score(reward_branches="neither")
+
+
 def test_sentence_level_ablation_rewards_whole_responses_on_their_last_token():
     sc = _score(reward_level="sentence")
     # response 0: (.8 - .6) / .4 = .5 on its last token (</s>, position 9);

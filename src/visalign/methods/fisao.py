@@ -115,6 +115,10 @@ class FisaoConfig(TrainConfig):
     oracle_instances: str = field("", help="COCO instances of the training images "
                                            "(reward_source=annotations)")
     oracle_synonyms: str = field("", help="CHAIR synonyms table of the oracle ('' = COCO's)")
+    reward_branches: Literal["both", "negative", "positive"] = field(
+        "both", help="diagnostic: keep only the negative (hallucinated) or only the positive "
+                     "(grounded) branch of Eq. 8, the other set to 0; tells which branch moves "
+                     "POPE (docs/methods_on_grounded_base.md, stop 21). Not the method")
 
 
 # ----------------------------------------------------------------------------- data
@@ -277,7 +281,7 @@ def score_rollout(rollout: Any, images: list, scorer: Any, entities: Any, calib:
         if sentence_calib is None:
             raise ValueError("reward_level=sentence needs a sentence-level calibration")
         s = scorer.sentence_score(rollout.texts, img_emb).float().cpu()
-        r = sentence_rewards(s, sentence_calib, cfg.lam)
+        r = keep_branches(sentence_rewards(s, sentence_calib, cfg.lam), cfg.reward_branches)
         for i, pos in enumerate(positions):
             if pos:
                 rewards[i, pos[-1]] = r[i]
@@ -304,6 +308,7 @@ def score_rollout(rollout: Any, images: list, scorer: Any, entities: Any, calib:
         rw = token_rewards(sc, torch.ones_like(sc, dtype=torch.bool), calib, cfg.lam)
         if oracle is not None:
             rw = torch.tensor(oracle_rewards(text, mentions, oracle, image_ids[i]))
+        rw = keep_branches(rw, cfg.reward_branches)
         all_scores.append([float(x) for x in sc])
         det = []
         for m_i, toks in enumerate(tok_idx):
@@ -324,6 +329,17 @@ def score_rollout(rollout: Any, images: list, scorer: Any, entities: Any, calib:
                         "reward": float(rw[m_i])})
         details.append(det)
     return RolloutScores(rewards, is_entity, all_scores, n_pos, n_neg, n_ent, total, details)
+
+
+def keep_branches(rewards: Any, which: str) -> Any:
+    """``rewards`` with the Eq. 8 branch(es) not named by ``which`` set to 0 (``reward_branches``)."""
+    if which == "both":
+        return rewards
+    if which == "negative":
+        return rewards.clamp(max=0.0)
+    if which == "positive":
+        return rewards.clamp(min=0.0)
+    raise ValueError(f"reward_branches must be both, negative or positive, got {which!r}")
 
 
 def shaped_rewards(rewards: Any, is_entity: Any, mask: Any, logprobs: Any, ref_logprobs: Any,
