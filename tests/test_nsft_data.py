@@ -363,6 +363,37 @@ def test_build_fills_to_n_pairs_with_ground_truth_questions(gt):
     assert rep["yes_no"]["erased_no_pairs"] == 0
 
 
+def test_yes_about_unnamed_asks_yes_of_objects_the_answer_did_not_name(gt):
+    """The answer names dogs and chair (and hallucinates a cat): 'near' asks "Yes" about the
+    most frequent object (dogs), 'unnamed' about the cup, and its fillers follow the cup."""
+    answer = {"d1": "A cat sits near the chair and the two dogs."}
+    near = NsftDataConfig()
+    data, _ = build_nsft_data([RECORDS[0]], answer, gt, near, AnnotationJudge(near))
+    assert _turns(data[0])[1] == ("Are there any dogs in the image?", "Yes, there are two dogs.")
+    cfg = NsftDataConfig(yes_about="unnamed")
+    data, rep = build_nsft_data([RECORDS[0]], answer, gt, cfg, AnnotationJudge(cfg))
+    assert _turns(data[0]) == [
+        ("<image>\nIs there a cat in the image?", "No, there is no cat."),
+        ("Is there a cup in the image?", "Yes, there is a cup."),
+        ("What objects can you see in the image?",
+         "Two brown dogs, a blue chair and a red cup."),
+        ("What color is the cup?", "It is red."),
+        ("Where is the cup?", "On the left side.")]
+    assert rep["yes_no"]["before"] == {"yes": 1, "no": 1, "yes_ratio": 0.5}
+    # the filler "Yes" about the named cup moves to the unnamed chair (whose fillers follow)
+    data, _ = build_nsft_data([RECORDS[0]], {"d1": "The cup is blue. A dog."}, gt, cfg,
+                              AnnotationJudge(cfg))
+    assert _turns(data[0])[3:] == [("Is there a chair in the image?", "Yes, there is a chair."),
+                                   ("What color is the chair?", "It is blue.")]
+    data, _ = build_nsft_data([RECORDS[0]], {"d1": "The cup is blue. A dog."}, gt, near,
+                              AnnotationJudge(near))
+    assert _turns(data[0])[3] == ("Is there a cup in the image?", "Yes, there is a cup.")
+    # every present object named: the "Yes" falls back to the 'near' choice
+    data, _ = build_nsft_data([RECORDS[0]], {"d1": "A cat, a cup, a chair and two dogs."}, gt,
+                              cfg, AnnotationJudge(cfg))
+    assert _turns(data[0])[1] == ("Are there any dogs in the image?", "Yes, there are two dogs.")
+
+
 def test_repeated_error_is_asked_once(gt):
     cfg = NsftDataConfig(yes_ratio_target=0.0)
     data, _ = build_nsft_data([RECORDS[0]], {"d1": "A green cup. The cup is blue."}, gt, cfg,

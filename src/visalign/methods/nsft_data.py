@@ -82,7 +82,7 @@ import random
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 from visalign.config import field
 from visalign.eval.judge import JudgeConfig
@@ -128,6 +128,12 @@ class NsftDataConfig:
                                               "erasing 'No' pairs (Sec. C.5); <= 0 disables")
     add_yes_pairs: bool = field(False, help="also append GT-grounded 'Yes' pairs when erasing "
                                             "'No' pairs cannot reach the target")
+    yes_about: Literal["near", "unnamed"] = field(
+        "near", help="present objects the template conversations ask 'Yes' questions about "
+        "first: 'near' = the one at a hallucination's place, else the most frequent; "
+        "'unnamed' = ones the answer did not name, so that 'Yes' is taught where the model is "
+        "unsure (not in the paper; on the micro-world it did not stop the lean to 'No', "
+        "docs/methods_on_grounded_base.md, stop 21)")
     relation_margin: float = field(0.0625, help="relative positions: a claim is wrong only when "
                                                 "the centres are at least this fraction of the "
                                                 "image width the other way")
@@ -1370,9 +1376,11 @@ def _where_qa(cat: str, scene: _Scene) -> QA | None:
     return QA(q, ans, "where", cat)
 
 
-def _error_topic(e: Error, scene: _Scene) -> tuple[QA, list[QA]] | None:
+def _error_topic(e: Error, scene: _Scene,
+                 named: set[str] | None = None) -> tuple[QA, list[QA]] | None:
     """(primary QA, follow-ups) correcting one error, or None when nothing definite can be
-    said from the ground truth."""
+    said from the ground truth. With ``named`` (categories the answer named;
+    ``yes_about=unnamed``) the "Yes" follow-up prefers a present object not in it."""
     if e.category == "object_identity" and e.object:
         primary = _exists_qa(e.object, bool(e.meta.get("plural")))
         # Follow-ups ask what *is* there: first an existence question answered "Yes" about a
@@ -1383,6 +1391,9 @@ def _error_topic(e: Error, scene: _Scene) -> tuple[QA, list[QA]] | None:
         near = scene.at_region(e.where) if e.where else []
         cats = list(dict.fromkeys(o.category for o in near))
         yes_cat = cats[0] if cats else (scene.present[0] if scene.present else None)
+        if named is not None:
+            unnamed = [c for c in cats + scene.present if c not in named]
+            yes_cat = unnamed[0] if unnamed else yes_cat
         if yes_cat is not None:
             follow.append(_exists_qa(yes_cat, False, scene.count(yes_cat)))
         if cats:
@@ -1426,13 +1437,17 @@ def _filler_qas(cat: str, scene: _Scene) -> list[QA]:
     return [q for q in out if q is not None]
 
 
-def template_conversation(errors: list[Error], scene: _Scene, n_pairs: int) -> list[QA]:
+def template_conversation(errors: list[Error], scene: _Scene, n_pairs: int,
+                          named: set[str] | None = None) -> list[QA]:
     """``n_pairs`` logically connected QA pairs correcting ``errors`` (annotation judge).
 
     One primary pair per error in answer order (up to ``n_pairs``), each error's follow-ups
     right after it while there is room, then ground-truth questions about the erroneous
     objects and the other present objects until the conversation has ``n_pairs`` pairs. No
-    question is asked twice (two wrong colours of one cup make one colour question).
+    question is asked twice (two wrong colours of one cup make one colour question). With
+    ``named`` (``yes_about=unnamed``) every "Yes" existence question asks about a present
+    object the answer did not name while one is left (same number of "Yes" pairs, other
+    objects), and the other present objects are visited unnamed first.
     """
     asked: set = set()
     questions: set[str] = set()
@@ -1445,7 +1460,7 @@ def template_conversation(errors: list[Error], scene: _Scene, n_pairs: int) -> l
         return True
 
     topics = []
-    for t in (_error_topic(e, scene) for e in errors):
+    for t in (_error_topic(e, scene, named) for e in errors):
         if t is not None and len(topics) < n_pairs and new(t[0]):
             topics.append(t)
     room = n_pairs - len(topics)
@@ -1461,11 +1476,19 @@ def template_conversation(errors: list[Error], scene: _Scene, n_pairs: int) -> l
         for c in (e.object, e.right, e.other):
             if c and c in scene.by_cat and c not in focus:
                 focus.append(c)
-    focus += [c for c in scene.present if c not in focus]
+    rest = [c for c in scene.present if c not in focus]
+    if named is not None:
+        rest = [c for c in rest if c not in named] + [c for c in rest if c in named]
+    focus += rest
+    unnamed = [c for c in scene.present if named is not None and c not in named]
     for cat in focus:
         for q in _filler_qas(cat, scene):
             if len(qas) >= n_pairs:
                 return qas
+            if q.kind == "exists_yes" and named is not None and q.object in named:
+                left = [c for c in unnamed if ("exists", c) not in asked]
+                if left:
+                    q = _exists_qa(left[0], False, scene.count(left[0]))
             if _qa_key(q) in asked or q.question in questions:
                 continue
             asked.add(_qa_key(q))
@@ -1710,7 +1733,9 @@ def build_nsft_data(records: Sequence[dict], answers: Any, gt: GroundTruth | Non
             if verdict.qa_pairs is not None:
                 qas = [QA(q, a, "llm") for q, a in verdict.qa_pairs[: cfg.n_pairs]]
             else:
-                qas = template_conversation(verdict.errors, scene, cfg.n_pairs)
+                named = ({m.category for m in gt.mentions(answer)}
+                         if cfg.yes_about == "unnamed" and gt is not None else None)
+                qas = template_conversation(verdict.errors, scene, cfg.n_pairs, named)
             for qa in qas:
                 clipped = clip_words(qa.answer, cfg.max_answer_tokens)
                 truncated += clipped != qa.answer.strip()
