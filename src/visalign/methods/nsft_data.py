@@ -1477,10 +1477,10 @@ def template_conversation(errors: list[Error], scene: _Scene, n_pairs: int,
             if c and c in scene.by_cat and c not in focus:
                 focus.append(c)
     rest = [c for c in scene.present if c not in focus]
+    unnamed = [c for c in scene.present if c not in named] if named is not None else []
     if named is not None:
-        rest = [c for c in rest if c not in named] + [c for c in rest if c in named]
+        rest.sort(key=lambda c: c in named)     # stable: unnamed first, each in frequency order
     focus += rest
-    unnamed = [c for c in scene.present if named is not None and c not in named]
     for cat in focus:
         for q in _filler_qas(cat, scene):
             if len(qas) >= n_pairs:
