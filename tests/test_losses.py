@@ -148,3 +148,35 @@ def test_sft_loss_fixed_normaliser_weighs_every_token_alike():
         sft_loss(logits, labels).item(), abs=1e-3)
     with pytest.raises(ValueError, match="normaliser"):
         sft_loss(logits, labels, normaliser=0)
+
+
+def test_repetition_unlikelihood_matches_hand_computation_and_respects_turns():
+    from visalign.losses import repetition_unlikelihood_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 8, 5)
+    # two answers: [1, 2, 1, 3] then [1, 4]; position j predicts labels[j + 1]
+    labels = torch.tensor([[-100, 1, 2, 1, 3, -100, 1, 4]])
+    p = logits.softmax(-1)[0]
+    # candidates: j=1 {1}; j=2 {2} (target 1 is not one); j=3 {1, 2}; j=6 {1} of its own
+    # answer only (the first answer's 2 and 3 are not candidates there)
+    hand = -(torch.log(1 - p[1, 1]) + torch.log(1 - p[2, 2]) + torch.log(1 - p[3, 1])
+             + torch.log(1 - p[3, 2]) + torch.log(1 - p[6, 1]))
+    assert torch.allclose(repetition_unlikelihood_loss(logits, labels), hand / 6, atol=1e-6)
+    assert torch.allclose(repetition_unlikelihood_loss(logits, labels, normaliser=2.0),
+                          hand / 2, atol=1e-6)
+    # no counted label -> 0
+    assert repetition_unlikelihood_loss(logits, torch.full_like(labels, -100)).item() == 0.0
+    with pytest.raises(ValueError):
+        repetition_unlikelihood_loss(logits, labels, normaliser=0.0)
+
+
+def test_repetition_unlikelihood_gradient_lowers_an_already_written_token():
+    from visalign.losses import repetition_unlikelihood_loss
+
+    logits = torch.zeros(1, 4, 6, requires_grad=True)
+    labels = torch.tensor([[-100, 2, 3, 5]])
+    repetition_unlikelihood_loss(logits, labels).backward()
+    # at position 2 (predicting 5) the earlier answer tokens 2 and 3 are pushed down
+    g = logits.grad[0, 2]
+    assert g[2] > 0 and g[3] > 0 and g[5] < 0

@@ -362,6 +362,20 @@ def test_stage_loss_dataset_weighting(tiny_world_dir, tiny_base_dir):
     assert normaliser > n_short
     with pytest.raises(ValueError, match="token_weighting"):
         _stage_loss("tokens", items, collate, 0, 8)
+    # unlikelihood: the CE plus its weight times the repetition loss on the same logits
+    from visalign.losses import repetition_unlikelihood_loss
+    long = collate(sorted(items, key=lambda it: -len(it[1]))[:4])    # descriptions
+    with torch.no_grad():
+        ul_loss, ul_stats = _stage_loss("batch", items, collate, 0, 8, unlikelihood=0.5)(
+            model, long)
+        lg = model(**{k: v for k, v in long.items() if k != "labels"}).logits
+    ul = repetition_unlikelihood_loss(lg, long["labels"]).item()
+    assert ul > 0
+    assert ul_stats["unlikelihood"].item() == pytest.approx(ul, abs=1e-5)
+    assert ul_loss.item() == pytest.approx(sft_loss(lg, long["labels"]).item() + 0.5 * ul,
+                                           abs=1e-4)
+    with pytest.raises(ValueError, match="unlikelihood"):
+        _stage_loss("batch", items, collate, 0, 8, unlikelihood=-1.0)
 
 
 def test_base_stop_after_keeps_stages_and_resumes(tiny_world_dir, tiny_base_dir, tmp_path):

@@ -244,3 +244,55 @@ def sft_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100,
         raise ValueError(f"normaliser must be > 0, got {normaliser}")
     return F.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index,
                            reduction="sum") / normaliser
+
+
+def repetition_unlikelihood_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100,
+                                 normaliser: float | None = None) -> Tensor:
+    """Token-level unlikelihood against repetition (Welleck et al., 2019, Eq. 4):
+    ``-sum_c log(1 - p(c | y_<t))`` over the candidates ``c`` = the answer tokens already
+    written *in the same answer* before ``t``, minus the target ``y_t``.
+
+    An answer is a contiguous run of labels that are not ``ignore_index``, so in a multi-turn
+    conversation one turn's "Yes" is not a candidate in the next turn. Position t predicts
+    ``labels[:, t + 1]`` as in :func:`sft_loss`; the loss is averaged like it (mean over the
+    counted targets, or their sum over ``normaliser``).
+
+    Memory: a (b, T, V) candidate mask, which is fine for the micro-world's 1,000-token
+    vocabulary; for a 32k+ vocabulary restrict the batch or the sequence length.
+
+    Args:
+        logits: (b, T, V).
+        labels: (b, T), ``ignore_index`` on prompt/padding/image tokens.
+        normaliser: None (mean over counted targets) or a positive constant.
+
+    Returns:
+        scalar (0 when no label counts).
+    """
+    y = labels[:, 1:]
+    lp = F.log_softmax(logits[:, :-1].float(), dim=-1)          # (b, T-1, V)
+    b, n, v = lp.shape
+    valid = y != ignore_index
+    if not valid.any():
+        return lp.sum() * 0.0
+    # answer segments: a new one starts at every valid label whose predecessor is not valid
+    prev_valid = torch.cat([torch.zeros_like(valid[:, :1]), valid[:, :-1]], dim=1)
+    seg = torch.cumsum((valid & ~prev_valid).long(), dim=1)
+    pos = torch.arange(n, device=y.device)
+    # pair (j, s): target s is an earlier token of target j's answer
+    earlier = (pos[None, :, None] > pos[None, None, :]) & valid[:, None, :] & valid[:, :, None]
+    earlier = earlier & (seg[:, :, None] == seg[:, None, :])
+    idx = torch.where(earlier, y[:, None, :].expand(b, n, n), torch.full_like(y[:, None, :], v)
+                      .expand(b, n, n))
+    cand = torch.zeros(b, n, v + 1, device=y.device, dtype=torch.bool)
+    cand.scatter_(2, idx, True)
+    cand = cand[..., :v]
+    cand.scatter_(2, y.clamp(min=0).unsqueeze(-1), False)      # the target itself is not one
+    cand &= valid.unsqueeze(-1)
+    # log(1 - p), stable for p near 1
+    one_minus = torch.log1p(-lp.exp().clamp(max=1 - 1e-6))
+    total = -(one_minus * cand).sum()
+    if normaliser is None:
+        return total / valid.sum()
+    if not normaliser > 0:
+        raise ValueError(f"normaliser must be > 0, got {normaliser}")
+    return total / normaliser

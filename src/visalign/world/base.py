@@ -66,6 +66,10 @@ class StageSettings:
     mixed_precision: Literal["no", "bf16"] = field(
         "no", help="bf16 = autocast the forward pass (TrainConfig.mixed_precision); on a 2-core "
         "CPU with AVX512-BF16 a stage step is 1.07-1.21x faster")
+    unlikelihood: float = field(
+        0.0, help="weight of the token-level unlikelihood loss against repeating a token already "
+        "written in the same answer (losses.repetition_unlikelihood_loss, Welleck et al. 2019); "
+        "0 = off. Aimed at the base's habit of naming its first object again")
 
 
 @dataclasses.dataclass
@@ -351,7 +355,8 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
                 items = conversation_items(recs, str(world.image_root))
                 collate = make_collate(vlm)
 
-            ce = _stage_loss(st.token_weighting, items, collate, cfg.seed, st.batch_size)
+            ce = _stage_loss(st.token_weighting, items, collate, cfg.seed, st.batch_size,
+                             unlikelihood=st.unlikelihood)
             run_training(tcfg, vlm, items, collate, ce, name=name)
         prev = sdir / "model"
         timings[name] = time.time() - t
@@ -396,33 +401,46 @@ def packed_stages(cfg: BaseModelConfig) -> set[str]:
 
 
 def _stage_loss(weighting: str, items: list, collate: Any, seed: int, batch_size: int,
-                n_probe: int = 20):
+                n_probe: int = 20, unlikelihood: float = 0.0):
     """The stage's loss function. 'dataset' weighting divides the summed token loss by the
-    mean answer-token count of ``n_probe`` seeded random batches (see ``losses.sft_loss``)."""
+    mean answer-token count of ``n_probe`` seeded random batches (see ``losses.sft_loss``);
+    ``unlikelihood`` > 0 adds that weight times ``losses.repetition_unlikelihood_loss``,
+    normalised the same way."""
     import random
 
-    from visalign.losses import sft_loss
+    from visalign.losses import repetition_unlikelihood_loss, sft_loss
 
-    if weighting == "batch":
+    if weighting not in ("batch", "dataset"):
+        raise ValueError(f"token_weighting: {weighting!r} is not 'batch' or 'dataset'")
+    if unlikelihood < 0:
+        raise ValueError(f"unlikelihood must be >= 0, got {unlikelihood}")
+    if weighting == "batch" and unlikelihood == 0:
         def ce(model, batch):
             return model(**batch).loss, {}
         return ce
-    if weighting != "dataset":
-        raise ValueError(f"token_weighting: {weighting!r} is not 'batch' or 'dataset'")
-    rng = random.Random(f"{seed}:token-weighting")
-    counts = []
-    for _ in range(n_probe):
-        probe = collate([items[rng.randrange(len(items))] for _ in range(batch_size)])
-        counts.append(int((probe["labels"][:, 1:] != -100).sum()))
-    normaliser = max(1.0, sum(counts) / len(counts))
+    normaliser = None
+    if weighting == "dataset":
+        rng = random.Random(f"{seed}:token-weighting")
+        counts = []
+        for _ in range(n_probe):
+            probe = collate([items[rng.randrange(len(items))] for _ in range(batch_size)])
+            counts.append(int((probe["labels"][:, 1:] != -100).sum()))
+        normaliser = max(1.0, sum(counts) / len(counts))
 
-    def ce_dataset(model, batch):
+    def ce_combined(model, batch):
         labels = batch["labels"]
         out = model(**{k: v for k, v in batch.items() if k != "labels"})
         loss = sft_loss(out.logits, labels, normaliser=normaliser)
-        n = (labels[:, 1:] != -100).sum().clamp(min=1)
-        return loss, {"batch_mean_ce": loss.detach() * normaliser / n}
-    return ce_dataset
+        stats = {}
+        if normaliser is not None:
+            n = (labels[:, 1:] != -100).sum().clamp(min=1)
+            stats["batch_mean_ce"] = loss.detach() * normaliser / n
+        if unlikelihood > 0:
+            ul = repetition_unlikelihood_loss(out.logits, labels, normaliser=normaliser)
+            stats["unlikelihood"] = ul.detach()
+            loss = loss + unlikelihood * ul
+        return loss, stats
+    return ce_combined
 
 
 def _lm_texts(records: list[dict]) -> list[str]:
