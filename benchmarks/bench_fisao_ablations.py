@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         d.update(out=str(Path(args.out) / tag), world=str(demo / "world"),
                  base_model=str(demo / "base"), methods=["fisao"], data_sizes=[args.size],
                  fisao_calibration=str(cal), progress=False,
-                 fisao={**base_cfg.fisao, **over})
+                 fisao=_merged(base_cfg.fisao, over))
         # the grid's commands print progress lines; stdout is this script's JSON alone
         with contextlib.redirect_stdout(sys.stderr):
             res = run_compare(load_config(CompareConfig, None, d))
@@ -197,15 +197,29 @@ def _evaluate(model: Path, world, out: Path, eval_cfg) -> dict:
     return {k: round(m[k], 4) for k in TEST_KEYS}
 
 
+def _merged(base: dict, over: dict) -> dict:
+    """``base`` updated by ``over``, nested dicts merged rather than replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
+            else v
+    return out
+
+
 def _parse_setting(spec: str, demo: Path) -> tuple[str, dict]:
-    """'name:key=value,...' -> (name, overrides); values parsed as YAML scalars."""
+    """'name:key=value,...' -> (name, overrides); values parsed as YAML scalars; a dotted key
+    ('lora.projector=true') sets a nested field."""
     import yaml
 
     name, _, rest = spec.partition(":")
     over: dict = {"lam": 0.0}
     for kv in filter(None, rest.split(",")):
         k, _, v = kv.partition("=")
-        over[k.strip()] = yaml.safe_load(v)
+        *parents, leaf = k.strip().split(".")
+        node = over
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(v)
     if over.get("reward_source") == "annotations":
         over.setdefault("oracle_instances",
                         str(demo / "world" / "annotations" / "instances_train.json"))

@@ -255,6 +255,47 @@ def test_lora_only_on_language_model_and_disable_adapter_gives_base(tiny_llava_d
             assert torch.allclose(loaded.model(**inputs).logits, adapted, atol=1e-5)
 
 
+def test_lora_on_projector_and_restricted_targets(tiny_llava_dir, tmp_path):
+    """`projector=True` adapts the projector too (the vision tower never), its adapter saves
+    and loads back, and switching adapters off still gives the base; 'q_proj+v_proj' restricts
+    the LM targets; 'none' alone is refused."""
+    from visalign.models.lora import add_lora, reference_policy
+
+    vlm = load_vlm(tiny_llava_dir)
+    batch = vlm.encode(solid_images(2), CONVS)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        base_logits = vlm.model(**inputs).logits
+    model = add_lora(vlm.model, r=4, alpha=8, dropout=0.0, target_modules="none",
+                     projector=True)
+    lora_names = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
+    assert lora_names and all("multi_modal_projector" in n for n in lora_names)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and "multi_modal_projector" in n for n in trainable)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+        adapted = model(**inputs).logits
+        with reference_policy(model) as ref:
+            assert torch.allclose(ref(**inputs).logits, base_logits, atol=1e-6)
+    assert not torch.allclose(adapted, base_logits, atol=1e-4)
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = load_vlm(tiny_llava_dir, adapter=tmp_path / "adapter")
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(**inputs).logits, adapted, atol=1e-5)
+
+    qv = add_lora(load_vlm(tiny_llava_dir).model, r=4, target_modules="q_proj+v_proj",
+                  projector=True)
+    names = [n for n, _ in qv.named_modules() if n.endswith("lora_A")]
+    assert {n.split(".")[-2] for n in names if ".language_model." in n} == {"q_proj", "v_proj"}
+    assert any("multi_modal_projector" in n for n in names)
+    with pytest.raises(ValueError, match="projector=true"):
+        add_lora(load_vlm(tiny_llava_dir).model, target_modules="none")
+    with pytest.raises(ValueError, match="unknown"):
+        add_lora(load_vlm(tiny_llava_dir).model, target_modules="qproj")
+
+
 def test_load_vlm_clear_errors(tiny_llava_dir, tmp_path):
     no_proc = tmp_path / "no_proc"
     shutil.copytree(tiny_llava_dir, no_proc)

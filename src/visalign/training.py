@@ -37,7 +37,11 @@ class LoraSettings:
     r: int = field(16, help="LoRA rank")
     alpha: int = field(32, help="LoRA alpha")
     dropout: float = field(0.0, help="LoRA dropout")
-    target_modules: str = field("auto", help="'auto' = the language model's linear layers")
+    target_modules: str = field(
+        "auto", help="'auto' = the language model's linear layers; 'q_proj+v_proj' (or "
+        "comma-separated) = only those; 'none' = none (with projector=true)")
+    projector: bool = field(
+        False, help="also adapt the projector's linear layers (the vision tower never trains)")
 
 
 @dataclasses.dataclass
@@ -211,7 +215,8 @@ def prepare_model(vlm: Any, cfg: TrainConfig) -> Any:
         from visalign.models.lora import add_lora
 
         model = add_lora(model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                         target_modules=cfg.lora.target_modules)
+                         target_modules=cfg.lora.target_modules,
+                         projector=cfg.lora.projector)
         vlm.model = model
     set_trainable(model, cfg.trainable)
     return model
