@@ -120,6 +120,83 @@ def test_reward_branches_diagnostic_keeps_one_side_of_eq8():
         _score(reward_branches="neither")
 
 
+def test_existence_reward_signs_the_asked_objects_reward_by_the_answer():
+    """Extension (existence_reward): a yes/no answer gets ±Eq. 8 reward of the object asked
+    about on its first token; the asked object is parsed from the question."""
+    from visalign.methods.fisao import asked_object, yes_no
+
+    assert asked_object("Is there a dog in this picture? Please answer yes or no.", ENTS) == "dog"
+    assert asked_object("Does the image contain two cats?", ENTS) == "cat"
+    assert asked_object("Is there a dog or a cat?", ENTS) is None      # ambiguous
+    assert asked_object("Is there anything here?", ENTS) is None
+    assert [yes_no(t) for t in ("Yes", "no.", " Yes, there is.", "Nope", "")] == [1, -1, 1, 0, 0]
+    texts = ["Yes", "No", "Yes", "Maybe"]
+    labels = torch.full((4, 6), -100)
+    labels[:, 3:5] = 7                                  # answer token + </s>
+    ro = SimpleNamespace(texts=texts, response_offsets=[[(0, len(t)), (len(t), len(t))]
+                                                        for t in texts],
+                         batch={"labels": labels}, finished=[True] * 4)
+    sc = score_rollout(ro, [None] * 4, SCORER, ENTS, CAL, FisaoConfig(existence_reward=True),
+                       asks=["dog", "dog", "cat", "dog"])
+    dog, cat = 0.275 / 0.375, -0.6                      # as in the token-level test
+    assert sc.rewards[0, 3].item() == pytest.approx(dog)        # "Yes" to a seen dog
+    assert sc.rewards[1, 3].item() == pytest.approx(-dog)       # "No" to it
+    assert sc.rewards[2, 3].item() == pytest.approx(cat)        # "Yes" to an unseen cat
+    assert sc.rewards[3].abs().sum().item() == 0.0 and not sc.is_entity[3].any()
+    assert sc.is_entity.nonzero().tolist() == [[0, 3], [1, 3], [2, 3]]
+    assert (sc.n_entities, sc.n_pos, sc.n_neg) == (3, 1, 2)
+    assert sc.details[1][0]["canonical"] == "dog"
+    # items without a question (asks None) still get the paper's entity rewards
+    mixed = score_rollout(_fake_rollout(), [None, None], SCORER, ENTS, CAL,
+                          FisaoConfig(existence_reward=True), asks=[None, None])
+    assert torch.equal(mixed.rewards, _score().rewards)
+
+
+def test_existence_reward_loads_the_yes_no_prompts_with_their_object(tiny_world_dir, tmp_path):
+    from visalign.methods.fisao import load_prompts
+    from visalign.world import load_world
+
+    world = load_world(tiny_world_dir)
+    data = str(world.llava_path("train"))
+    ents = EntitySet.build(extra=str(world.synonyms_path), synonyms=None, nouns=False,
+                           wordnet=False)
+    ents.save(tmp_path / "entities.json")
+    root = str(world.image_root)
+    plain = load_prompts(FisaoConfig(data=data, image_root=root,
+                                     entities=str(tmp_path / "entities.json")))
+    both = load_prompts(FisaoConfig(data=data, image_root=root,
+                                    entities=str(tmp_path / "entities.json"),
+                                    existence_reward=True))
+    assert all("asks" not in it for it in plain)
+    asked = [it for it in both if "asks" in it]
+    assert asked and len(both) == len(plain) + len(asked)
+    for it in asked:
+        assert it["asks"] in ents.canonicals
+        assert it["asks"] in {m.canonical for m in ents.find(it["prompt"].split("?")[0])}
+    with pytest.raises(ValueError, match="reward_level=token"):
+        train_fisao(FisaoConfig(data=data, existence_reward=True, reward_level="sentence",
+                                out=str(tmp_path / "x")))
+
+
+def test_reward_shuffle_control_permutes_rewards_among_rewarded_tokens():
+    from visalign.methods.fisao import shuffled_rewards
+
+    rewards = torch.zeros(3, 6)
+    is_entity = torch.zeros(3, 6, dtype=torch.bool)
+    for (i, t), r in zip([(0, 1), (0, 4), (1, 2), (2, 0), (2, 5)], [0.9, -0.5, 0.1, -1.0, 0.3]):
+        rewards[i, t], is_entity[i, t] = r, True
+    out = shuffled_rewards(rewards, is_entity, seed=3)
+    assert torch.equal(out[~is_entity], rewards[~is_entity])            # zeros stay zeros
+    assert sorted(out[is_entity].tolist()) == sorted(rewards[is_entity].tolist())
+    assert not torch.equal(out, rewards)                                  # this seed permutes
+    assert torch.equal(out, shuffled_rewards(rewards, is_entity, seed=3))  # seeded
+    assert torch.equal(rewards[0, 1], torch.tensor(0.9))                  # input untouched
+    cen = shuffled_rewards(rewards, is_entity, seed=3, centered=True)
+    assert torch.allclose(cen[is_entity], out[is_entity] + 0.04)          # mean of rewards: -0.04
+    assert cen[is_entity].sum().abs().item() < 1e-6 and torch.equal(cen[~is_entity],
+                                                                       rewards[~is_entity])
+
+
 def test_sentence_level_ablation_rewards_whole_responses_on_their_last_token():
     sc = _score(reward_level="sentence")
     # response 0: (.8 - .6) / .4 = .5 on its last token (</s>, position 9);

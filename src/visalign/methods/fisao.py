@@ -32,6 +32,11 @@ Departures from the paper, all configurable:
 - with ``trainable`` other than ``lora`` the reference policy is a frozen copy of the initial
   model (twice the weights in memory); with LoRA it is the same model with adapters disabled.
 
+Off by default and not the paper's method: ``existence_reward`` (an extension that also rewards
+yes/no existence answers with the verifier's score of the asked object) and the diagnostics
+``reward_source=annotations``, ``reward_branches`` and ``reward_shuffle``
+(docs/methods_on_grounded_base.md).
+
 Every rollout writes one line to ``OUT/log.jsonl`` (global over processes): ``mean_reward`` (Eq. 8
 reward, before KL, over the rewarded entity mentions), ``pos_share`` / ``neg_share`` (share of
 mentions with a positive / negative reward), ``kl`` (mean per-token KL estimate π_old‖π_ref over
@@ -119,6 +124,18 @@ class FisaoConfig(TrainConfig):
         "both", help="diagnostic: keep only the negative (hallucinated) or only the positive "
                      "(grounded) branch of Eq. 8, the other set to 0; tells which branch moves "
                      "POPE (docs/methods_on_grounded_base.md, stop 21). Not the method")
+    reward_shuffle: Literal["none", "permute", "centered"] = field(
+        "none", help="diagnostic control: 'permute' permutes each rollout's rewards among its "
+        "rewarded tokens (seeded): same distribution, content scrambled; 'centered' also "
+        "subtracts their mean, so the push has no direction on average. Tells whether a change "
+        "comes from the reward's content or from the optimisation itself. Not the method")
+    existence_reward: bool = field(
+        False, help="extension, not in the paper: also roll out the yes/no existence prompts "
+        "of the instruction data (task 'existence', added to `tasks`) and put on the answer's "
+        "first token the Eq. 8 reward of the object asked about, signed by the answer (+r for "
+        "'Yes', -r for 'No'). The paper's rewards sit on entity words, so a one-word answer "
+        "gets none, and description rewards shift yes/no answers unchecked "
+        "(docs/methods_on_grounded_base.md, stop 22)")
 
 
 # ----------------------------------------------------------------------------- data
@@ -132,13 +149,20 @@ def load_prompts(cfg: FisaoConfig) -> list[dict]:
     # Relative image paths start at image_root, else at the data file's directory (as in SFT).
     root = cfg.image_root or str(Path(cfg.data).parent)
     items = []
+    entities = load_entities(cfg) if cfg.existence_reward else None
     for r in recs:
-        if cfg.tasks and r.get("task") not in cfg.tasks:
+        existence = cfg.existence_reward and r.get("task") == "existence"
+        if cfg.tasks and r.get("task") not in cfg.tasks and not existence:
             continue
         human = [t for t in r["conversations"] if t.get("from") == "human"]
         prompt = human[0]["value"].replace("<image>", "").strip()
-        items.append({"id": r["id"], "image": resolve_image(r["image"], root), "prompt": prompt,
-                      "image_id": r.get("image_id")})
+        item = {"id": r["id"], "image": resolve_image(r["image"], root), "prompt": prompt,
+                "image_id": r.get("image_id")}
+        if existence:
+            item["asks"] = asked_object(prompt, entities)
+            if item["asks"] is None:
+                continue
+        items.append(item)
     if cfg.limit:
         items = items[: cfg.limit]
     if not items:
@@ -149,6 +173,27 @@ def load_prompts(cfg: FisaoConfig) -> list[dict]:
                                       "start at image_root, else at the data file's dir)",
                             record=it["id"], field="image")
     return items
+
+
+_IMAGE_WORDS = frozenset({"image", "images", "picture", "pictures", "photo", "photos",
+                          "photograph", "photographs", "scene"})
+
+
+def asked_object(prompt: str, entities: Any) -> str | None:
+    """The canonical entity a yes/no existence question asks about ("Is there a dog in the
+    image?" -> "dog"): the one entity of C in the question (the text up to its first '?'),
+    words for the image itself aside; None when there is none or more than one."""
+    question = prompt.split("?", 1)[0]
+    found = {m.canonical for m in entities.find(question) if m.surface.lower() not in _IMAGE_WORDS}
+    return found.pop() if len(found) == 1 else None
+
+
+def yes_no(text: str) -> int:
+    """+1 if the response starts with "yes", -1 with "no", 0 otherwise."""
+    import re
+
+    m = re.match(r"\W*(yes|no)\b", text, re.IGNORECASE)
+    return 0 if m is None else (1 if m.group(1).lower() == "yes" else -1)
 
 
 def sample_index(n: int, seed: int, g: int, _cache: dict | None = None) -> int:
@@ -252,7 +297,7 @@ def oracle_rewards(text: str, mentions: list, chair: Any, image_id: Any) -> list
 
 def score_rollout(rollout: Any, images: list, scorer: Any, entities: Any, calib: Any,
                   cfg: FisaoConfig, sentence_calib: Any = None, oracle: Any = None,
-                  image_ids: list | None = None) -> RolloutScores:
+                  image_ids: list | None = None, asks: list | None = None) -> RolloutScores:
     """Eq. 8 rewards for every sampled response (before the KL term).
 
     Token level: every mention of an entity in C gets ``normalized_reward(S(canonical, image))``
@@ -261,6 +306,9 @@ def score_rollout(rollout: Any, images: list, scorer: Any, entities: Any, calib:
     response and ``sentence_calib``, on its last token. With ``oracle`` (a
     :class:`~visalign.eval.chair.Chair`) and ``image_ids``, token rewards come from the
     annotations instead (:func:`oracle_rewards`); the verifier scores are still logged.
+    ``asks[i]`` (``existence_reward``): the object a yes/no question asks about; such a
+    response gets ``±normalized_reward(S(object, image))`` on its first token (+ for "Yes",
+    − for "No", nothing if it starts with neither) instead of entity rewards.
     """
     import torch
 
@@ -295,8 +343,27 @@ def score_rollout(rollout: Any, images: list, scorer: Any, entities: Any, calib:
                              "reward": float(r[i])}])
         return RolloutScores(rewards, is_entity, all_scores, n_pos, n_neg, n_ent, total, details)
     for i, text in enumerate(rollout.texts):
-        mentions = entities.find(text)
         pos = positions[i]
+        if asks is not None and asks[i] is not None:
+            answer = yes_no(text)
+            sc = scorer.score([asks[i]], img_emb[i]).reshape(-1).float().cpu()
+            all_scores.append([float(sc[0])])
+            if answer == 0 or not pos:
+                details.append([])
+                continue
+            r = float(keep_branches(token_rewards(sc, torch.ones_like(sc, dtype=torch.bool),
+                                                  calib, cfg.lam), cfg.reward_branches)[0])
+            rewards[i, pos[0]] = answer * r
+            is_entity[i, pos[0]] = True
+            n_ent += 1
+            n_pos += int(answer * r > 0)
+            n_neg += int(answer * r < 0)
+            total += answer * r
+            details.append([{"surface": text.split()[0] if text.split() else "",
+                             "canonical": asks[i], "score": float(sc[0]),
+                             "reward": answer * r}])
+            continue
+        mentions = entities.find(text)
         if not mentions:
             all_scores.append([])
             details.append([])
@@ -329,6 +396,20 @@ def score_rollout(rollout: Any, images: list, scorer: Any, entities: Any, calib:
                         "reward": float(rw[m_i])})
         details.append(det)
     return RolloutScores(rewards, is_entity, all_scores, n_pos, n_neg, n_ent, total, details)
+
+
+def shuffled_rewards(rewards: Any, is_entity: Any, seed: int, centered: bool = False) -> Any:
+    """``rewards`` with its values on the ``is_entity`` positions permuted among those positions
+    (``reward_shuffle``): same reward distribution and token count, content scrambled; with
+    ``centered`` minus their mean (zero-mean scrambled rewards)."""
+    import torch
+
+    out = rewards.clone()
+    idx = is_entity.nonzero(as_tuple=True)
+    vals = rewards[idx]
+    perm = torch.randperm(len(vals), generator=torch.Generator().manual_seed(seed))
+    out[idx] = vals[perm] - (vals.mean() if centered and len(vals) else 0.0)
+    return out
 
 
 def keep_branches(rewards: Any, which: str) -> Any:
@@ -506,6 +587,9 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     if cfg.kl_target > 0 and (cfg.xi <= 0 or cfg.kl_on == "none" or cfg.kl_horizon <= 0):
         raise ValueError("kl_target > 0 adapts ξ multiplicatively: it needs xi > 0, "
                          "kl_on other than 'none' and kl_horizon > 0")
+    if cfg.existence_reward and cfg.reward_level != "token":
+        raise ValueError("existence_reward puts token rewards on yes/no answers: it needs "
+                         "reward_level=token")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -605,7 +689,11 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
         t1 = time.time()
         with torch.no_grad():
             sc = score_rollout(ro, images, scorer, entities, calib, cfg, sent_calib, oracle,
-                               [it.get("image_id") for it in mine])
+                               [it.get("image_id") for it in mine],
+                               [it.get("asks") for it in mine] if cfg.existence_reward else None)
+            if cfg.reward_shuffle != "none":
+                sc.rewards = shuffled_rewards(sc.rewards, sc.is_entity, rollout_seed(cfg.seed, k),
+                                              centered=cfg.reward_shuffle == "centered")
         t2 = time.time()
         batch = {kk: (v.to(acc.device) if torch.is_tensor(v) else v) for kk, v in ro.batch.items()}
         mask = batch["labels"] != -100
