@@ -130,20 +130,22 @@ def test_existence_reward_signs_the_asked_objects_reward_by_the_answer():
     assert asked_object("Is there a dog or a cat?", ENTS) is None      # ambiguous
     assert asked_object("Is there anything here?", ENTS) is None
     assert [yes_no(t) for t in ("Yes", "no.", " Yes, there is.", "Nope", "")] == [1, -1, 1, 0, 0]
-    texts = ["Yes", "No", "Yes", "Maybe"]
-    labels = torch.full((4, 6), -100)
-    labels[:, 3:5] = 7                                  # answer token + </s>
-    ro = SimpleNamespace(texts=texts, response_offsets=[[(0, len(t)), (len(t), len(t))]
+    # responses as a chat template makes them: a bare-space token, the answer, </s>; the
+    # reward belongs on the answer word, not on the space before it
+    texts = [" Yes", " No", " Yes", " Maybe"]
+    labels = torch.full((4, 7), -100)
+    labels[:, 3:6] = 7
+    ro = SimpleNamespace(texts=texts, response_offsets=[[(0, 1), (1, len(t)), (len(t), len(t))]
                                                         for t in texts],
                          batch={"labels": labels}, finished=[True] * 4)
     sc = score_rollout(ro, [None] * 4, SCORER, ENTS, CAL, FisaoConfig(existence_reward=True),
                        asks=["dog", "dog", "cat", "dog"])
     dog, cat = 0.275 / 0.375, -0.6                      # as in the token-level test
-    assert sc.rewards[0, 3].item() == pytest.approx(dog)        # "Yes" to a seen dog
-    assert sc.rewards[1, 3].item() == pytest.approx(-dog)       # "No" to it
-    assert sc.rewards[2, 3].item() == pytest.approx(cat)        # "Yes" to an unseen cat
+    assert sc.rewards[0, 4].item() == pytest.approx(dog)        # "Yes" to a seen dog
+    assert sc.rewards[1, 4].item() == pytest.approx(-dog)       # "No" to it
+    assert sc.rewards[2, 4].item() == pytest.approx(cat)        # "Yes" to an unseen cat
     assert sc.rewards[3].abs().sum().item() == 0.0 and not sc.is_entity[3].any()
-    assert sc.is_entity.nonzero().tolist() == [[0, 3], [1, 3], [2, 3]]
+    assert sc.is_entity.nonzero().tolist() == [[0, 4], [1, 4], [2, 4]]
     assert (sc.n_entities, sc.n_pos, sc.n_neg) == (3, 1, 2)
     assert sc.details[1][0]["canonical"] == "dog"
     # items without a question (asks None) still get the paper's entity rewards
@@ -402,6 +404,58 @@ def test_adaptive_kl_controller_moves_xi_and_logs_it(two_proc_setup):
     with pytest.raises(ValueError, match="kl_target"):
         train_fisao(FisaoConfig(**a, rollout_batch=4, out=str(root / "bad"), kl_on="none",
                                 kl_target=0.1))
+
+
+def test_anchor_holds_the_yes_no_answers_near_the_reference(two_proc_setup):
+    """Extension (anchor_weight): a KL(pi_ref || pi_theta) term on the first answer token of the
+    data's existence prompts. It is 0 while the policy is the reference and stays smaller with a
+    large weight than with a negligible one (same rollouts otherwise)."""
+    root, args = two_proc_setup
+    recs = json.loads(Path(args["data"]).read_text())
+    recs += [{"id": f"e{i}", "image": r["image"], "task": "existence", "conversations": [
+        {"from": "human", "value": "<image>\nIs there a ball in the image?"},
+        {"from": "gpt", "value": "Yes"}]} for i, r in enumerate(recs)]
+    write_json(root / "data_anchor.json", recs)
+    kls = {}
+    for w in (1e-6, 50.0):
+        out = root / f"anchor{w:g}"
+        cfg = FisaoConfig(**{**args, "data": str(root / "data_anchor.json"), "max_steps": 3},
+                          rollout_batch=4, out=str(out), anchor_weight=w)
+        cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout = 4, 8, 0.0
+        train_fisao(cfg)
+        log = _log(out)
+        assert log[0]["entities_per_response"] > 0        # the PPO part has rewards to follow
+        assert all("anchor_kl" in r for r in log)
+        kls[w] = [r["anchor_kl"] for r in log]
+    # logged: the mean over the PPO epochs of a rollout (the first epoch of the first rollout
+    # is at the reference); the policy moves its yes/no answer unless anchored
+    assert 0 <= kls[1e-6][0] < kls[1e-6][-1]
+    assert kls[50.0][-1] < kls[1e-6][-1]
+    from PIL import Image
+
+    from visalign.methods.fisao import (anchor_kl, first_answer_logprobs, load_anchor_items,
+                                        whitespace_token_ids)
+    from visalign.models import load_vlm
+    vlm = load_vlm(args["model"])
+    items = load_anchor_items(FisaoConfig(data=str(root / "data_anchor.json"),
+                                          image_root=args["image_root"]))
+    assert len(items) == 4
+    batch = vlm.encode([Image.open(it["image"]).convert("RGB") for it in items],
+                       [it["conversation"] for it in items])
+    tok = vlm.processor.tokenizer
+    ws = whitespace_token_ids(tok)
+    assert ws and all(tok.decode([i]).strip() == "" for i in ws)
+    with torch.no_grad():
+        ref = first_answer_logprobs(vlm.model, batch, ws)
+        assert ref.shape[0] == 4 and torch.allclose(ref.exp().sum(-1), torch.ones(4))
+        assert anchor_kl(vlm.model, batch, ref, ws).item() == pytest.approx(0.0, abs=1e-6)
+    # the position read is the answer word's: its label decodes to "Yes"
+    lab = batch["labels"][0]
+    first = next(t for t in range(len(lab)) if lab[t] != -100 and int(lab[t]) not in ws)
+    assert tok.decode([int(lab[first])]).strip() == "Yes"
+    with pytest.raises(Exception, match="existence"):
+        cfg = FisaoConfig(**args, rollout_batch=4, out=str(root / "noanchor"), anchor_weight=1.0)
+        train_fisao(cfg)
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(two_proc_setup):

@@ -419,8 +419,9 @@ def _train_method(method: str, world: Any, base: Path, ids: list[int], d: Path, 
                   calib_dir: Path, cfg: CompareConfig) -> str:
     """Build the method's data from the base model and train it; returns the model dir."""
     tasks = METHOD_TASKS[method]
-    if method == "fisao" and cfg.fisao.get("existence_reward"):
-        tasks = tasks + ("existence",)    # the extension's yes/no prompts (FisaoConfig)
+    if method == "fisao" and (cfg.fisao.get("existence_reward")
+                              or float(cfg.fisao.get("anchor_weight") or 0) > 0):
+        tasks = tasks + ("existence",)    # the extensions' yes/no prompts (FisaoConfig)
     align = write_alignment_data(world, ids, tasks, data / f"align_{len(ids)}_{'+'.join(tasks)}"
                                                            f".json")
     root = str(world.image_root)

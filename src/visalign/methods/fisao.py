@@ -129,6 +129,13 @@ class FisaoConfig(TrainConfig):
         "rewarded tokens (seeded): same distribution, content scrambled; 'centered' also "
         "subtracts their mean, so the push has no direction on average. Tells whether a change "
         "comes from the reward's content or from the optimisation itself. Not the method")
+    anchor_weight: float = field(
+        0.0, help="extension, not in the paper: weight of a KL(pi_ref || pi_theta) anchor on the "
+        "first answer token of the instruction data's yes/no existence prompts (task "
+        "'existence'; only their questions are used, answered by the reference itself), added "
+        "to every PPO step. Moving the policy at all costs POPE discrimination on the "
+        "micro-world (docs/methods_on_grounded_base.md, stop 22); this holds the yes/no answers "
+        "where the reference had them while the descriptions move. 0 = off")
     existence_reward: bool = field(
         False, help="extension, not in the paper: also roll out the yes/no existence prompts "
         "of the instruction data (task 'existence', added to `tasks`) and put on the answer's "
@@ -188,12 +195,20 @@ def asked_object(prompt: str, entities: Any) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def yes_no(text: str) -> int:
-    """+1 if the response starts with "yes", -1 with "no", 0 otherwise."""
+def yes_no_span(text: str) -> tuple[int, tuple[int, int] | None]:
+    """(+1 for a response starting with "yes", -1 with "no", 0 otherwise; the word's character
+    span, or None)."""
     import re
 
     m = re.match(r"\W*(yes|no)\b", text, re.IGNORECASE)
-    return 0 if m is None else (1 if m.group(1).lower() == "yes" else -1)
+    if m is None:
+        return 0, None
+    return (1 if m.group(1).lower() == "yes" else -1), (m.start(1), m.end(1))
+
+
+def yes_no(text: str) -> int:
+    """+1 if the response starts with "yes", -1 with "no", 0 otherwise."""
+    return yes_no_span(text)[0]
 
 
 def sample_index(n: int, seed: int, g: int, _cache: dict | None = None) -> int:
@@ -345,16 +360,21 @@ def score_rollout(rollout: Any, images: list, scorer: Any, entities: Any, calib:
     for i, text in enumerate(rollout.texts):
         pos = positions[i]
         if asks is not None and asks[i] is not None:
-            answer = yes_no(text)
+            answer, span = yes_no_span(text)
             sc = scorer.score([asks[i]], img_emb[i]).reshape(-1).float().cpu()
             all_scores.append([float(sc[0])])
-            if answer == 0 or not pos:
+            # the reward sits on the yes/no word's first token, found by its offsets: chat
+            # templates often put a bare-space token before the answer, which decides nothing
+            toks = (map_spans_to_tokens(rollout.response_offsets[i][: len(pos)], [span],
+                                        position="first")[0] if answer else [])
+            toks = [t for t in toks if t < len(pos)]
+            if not toks:
                 details.append([])
                 continue
             r = float(keep_branches(token_rewards(sc, torch.ones_like(sc, dtype=torch.bool),
                                                   calib, cfg.lam), cfg.reward_branches)[0])
-            rewards[i, pos[0]] = answer * r
-            is_entity[i, pos[0]] = True
+            rewards[i, pos[toks[0]]] = answer * r
+            is_entity[i, pos[toks[0]]] = True
             n_ent += 1
             n_pos += int(answer * r > 0)
             n_neg += int(answer * r < 0)
@@ -485,7 +505,8 @@ def batch_logprobs(model: Any, batch: dict, minibatch: int = 0) -> Any:
 def ppo_epoch(model: Any, batch: dict, old_logprobs: Any, advantages: Any, mask: Any,
               optimizer: Any, *, clip_eps: float, n_tokens_global: float, world_size: int = 1,
               minibatch: int = 0, accelerator: Any = None, params: list | None = None,
-              max_grad_norm: float = 0.0, scheduler: Any = None) -> dict:
+              max_grad_norm: float = 0.0, scheduler: Any = None,
+              extra_loss: Any = None) -> dict:
     """One PPO epoch on one rollout batch = one optimiser step (Eq. 9 with Eq. 10's ratio).
 
     The clipped surrogate is summed over response tokens and divided by ``n_tokens_global`` (the
@@ -493,8 +514,13 @@ def ppo_epoch(model: Any, batch: dict, old_logprobs: Any, advantages: Any, mask:
     so the step equals that of one process holding the global batch. ``minibatch`` rows go
     through each forward/backward (gradients accumulate; DDP syncs only on the last one).
 
+    ``extra_loss`` (a no-argument callable returning a scalar, e.g. the ``anchor_weight`` term)
+    is back-propagated into the same step, before the PPO minibatches (its gradients join
+    theirs at DDP's sync).
+
     Returns local sums for logging: ``loss`` (this process's share of the global loss),
-    ``clipped`` and ``approx_kl`` (token sums) and ``grad_norm`` (global, after DDP's sync).
+    ``clipped`` and ``approx_kl`` (token sums), ``extra`` (the extra loss) and ``grad_norm``
+    (global, after DDP's sync).
     """
     import torch
 
@@ -504,7 +530,17 @@ def ppo_epoch(model: Any, batch: dict, old_logprobs: Any, advantages: Any, mask:
     b = mask.shape[0]
     mb = minibatch or b
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-    sums = {"loss": 0.0, "clipped": 0.0, "approx_kl": 0.0}
+    sums = {"loss": 0.0, "clipped": 0.0, "approx_kl": 0.0, "extra": 0.0}
+    if extra_loss is not None:
+        ctx = (accelerator.no_sync(model) if accelerator is not None
+               and accelerator.num_processes > 1 else contextlib.nullcontext())
+        with ctx:
+            extra = extra_loss()
+            if accelerator is not None:
+                accelerator.backward(extra)
+            else:
+                extra.backward()
+        sums["extra"] = float(extra.detach())
     starts = list(range(0, b, mb))
     for j, s in enumerate(starts):
         e = min(s + mb, b)
@@ -538,6 +574,48 @@ def ppo_epoch(model: Any, batch: dict, old_logprobs: Any, advantages: Any, mask:
         scheduler.step()
     optimizer.zero_grad()
     return sums
+
+
+def load_anchor_items(cfg: FisaoConfig) -> list[dict]:
+    """(image, conversation) of the existence records of ``cfg.data`` (``anchor_weight``)."""
+    from visalign.data.llava import load_llava_records
+
+    root = cfg.image_root or str(Path(cfg.data).parent)
+    items = [{"image": resolve_image(r["image"], root), "conversation": r["conversations"][:2]}
+             for r in load_llava_records(cfg.data) if r.get("task") == "existence"]
+    if not items:
+        raise DataError(cfg.data, "anchor_weight > 0 needs records with task 'existence'",
+                        field="task")
+    return items
+
+
+def whitespace_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of the tokens that decode to whitespace only (e.g. the space a chat template puts
+    between "ASSISTANT:" and the answer)."""
+    return [i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip() == ""]
+
+
+def first_answer_logprobs(model: Any, batch: dict, skip_ids: Any = None) -> Any:
+    """(b, V) log-distribution of each row's first answer token: the first label that is not
+    in ``skip_ids`` (whitespace tokens decide nothing)."""
+    import torch
+
+    labels = batch["labels"]
+    counted = labels != -100
+    if skip_ids is not None and len(skip_ids):
+        counted &= ~torch.isin(labels, torch.as_tensor(skip_ids, device=labels.device))
+    if not counted.any(dim=1).all():
+        raise ValueError("a row has no answer token outside skip_ids")
+    first = counted.float().argmax(dim=1)
+    out = model(**{k: v for k, v in batch.items() if k != "labels"})
+    rows = torch.arange(labels.shape[0], device=labels.device)
+    return torch.log_softmax(out.logits[rows, first - 1].float(), dim=-1)
+
+
+def anchor_kl(model: Any, batch: dict, ref_logprobs: Any, skip_ids: Any = None) -> Any:
+    """Mean over rows of KL(pi_ref || pi_theta) of the first answer token (``anchor_weight``)."""
+    logp = first_answer_logprobs(model, batch, skip_ids)
+    return (ref_logprobs.exp() * (ref_logprobs - logp)).sum(-1).mean()
 
 
 @contextlib.contextmanager
@@ -595,6 +673,7 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     seed_everything(cfg.seed)
     calib, sent_calib = load_calibrations(cfg)
     items = load_prompts(cfg)
+    anchor_items = load_anchor_items(cfg) if cfg.anchor_weight > 0 else None
     acc = Accelerator(cpu=not torch.cuda.is_available())
     if acc.is_main_process:
         save_run_config(cfg, out)
@@ -660,6 +739,9 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
             _truncate_log(out / name, state["step"])
     acc.wait_for_everyone()
     perm_cache: dict = {}
+    anchor_perm: dict = {}
+    ws_ids = (whitespace_token_ids(vlm.processor.tokenizer) if anchor_items is not None
+              else None)
     log = JsonlAppender(out / "log.jsonl") if acc.is_main_process else None
     samples_log = (JsonlAppender(out / "samples.jsonl")
                    if acc.is_main_process and cfg.log_samples else None)
@@ -711,14 +793,28 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
                               float(sum(ro.finished))], dtype=torch.float64, device=acc.device)
         glob = acc.reduce(local, reduction="sum") if world > 1 else local
         n_tok_global = float(glob[0])
-        ep = {"loss": 0.0, "clipped": 0.0, "approx_kl": 0.0, "grad_norm": 0.0}
+        extra_loss = None
+        if anchor_items is not None:
+            picks = [anchor_items[sample_index(len(anchor_items), cfg.seed + 1, g, anchor_perm)]
+                     for g in g_ids]
+            a_batch = vlm.encode([Image.open(it["image"]).convert("RGB") for it in picks],
+                                 [it["conversation"] for it in picks])
+            a_batch = {kk: (v.to(acc.device) if torch.is_tensor(v) else v)
+                       for kk, v in a_batch.items()}
+            with torch.no_grad(), _dropout_off(model, True), ref_ctx() as ref_m:
+                a_ref = first_answer_logprobs(ref_m, a_batch, ws_ids)
+
+            def extra_loss():
+                return cfg.anchor_weight * anchor_kl(model, a_batch, a_ref, ws_ids)
+        ep = {"loss": 0.0, "clipped": 0.0, "approx_kl": 0.0, "grad_norm": 0.0, "extra": 0.0}
         lr = sched.get_last_lr()[0]
         with _dropout_off(model, cfg.disable_dropout):
             for _ in range(cfg.ppo_epochs):
                 st = ppo_epoch(model, batch, old, adv, mask, opt, clip_eps=cfg.clip_eps,
                                n_tokens_global=n_tok_global, world_size=world,
                                minibatch=cfg.ppo_minibatch, accelerator=acc, params=params,
-                               max_grad_norm=cfg.max_grad_norm, scheduler=sched)
+                               max_grad_norm=cfg.max_grad_norm, scheduler=sched,
+                               extra_loss=extra_loss)
                 for kk in ep:
                     ep[kk] += st[kk] / cfg.ppo_epochs
             last_approx_kl = st["approx_kl"]
@@ -747,6 +843,8 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
             "lr": lr,
             "xi": xi,
         }
+        if anchor_items is not None:
+            stats["anchor_kl"] = ep["extra"] / cfg.anchor_weight   # this process, PPO-epoch mean
         if cfg.kl_target > 0:
             # every process sees the same global KL, so ξ stays identical across processes
             state["xi"] = adaptive_kl_coef(xi, stats["kl"], cfg.kl_target, per_rollout,
