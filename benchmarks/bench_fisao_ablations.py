@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from visalign.compare import CompareConfig, run_compare
-    from visalign.config import config_to_dict, load_config
+    from visalign.config import _deep_merge, config_to_dict, load_config
 
     demo = Path(args.demo)
     base_cfg = load_config(CompareConfig, demo / "config.yaml")
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         d.update(out=str(Path(args.out) / tag), world=str(demo / "world"),
                  base_model=str(demo / "base"), methods=["fisao"], data_sizes=[args.size],
                  fisao_calibration=str(cal), progress=False,
-                 fisao=_merged(base_cfg.fisao, over))
+                 fisao=_deep_merge(base_cfg.fisao, over))
         # the grid's commands print progress lines; stdout is this script's JSON alone
         with contextlib.redirect_stdout(sys.stderr):
             res = run_compare(load_config(CompareConfig, None, d))
@@ -195,15 +195,6 @@ def _evaluate(model: Path, world, out: Path, eval_cfg) -> dict:
             m = evaluate_model(str(model), world, out, eval_cfg)["metrics"]
     m = _with_fluency(m, out, world.root)
     return {k: round(m[k], 4) for k in TEST_KEYS}
-
-
-def _merged(base: dict, over: dict) -> dict:
-    """``base`` updated by ``over``, nested dicts merged rather than replaced."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
-            else v
-    return out
 
 
 def _parse_setting(spec: str, demo: Path) -> tuple[str, dict]:

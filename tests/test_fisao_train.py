@@ -123,13 +123,15 @@ def test_reward_branches_diagnostic_keeps_one_side_of_eq8():
 def test_existence_reward_signs_the_asked_objects_reward_by_the_answer():
     """Extension (existence_reward): a yes/no answer gets ±Eq. 8 reward of the object asked
     about on its first token; the asked object is parsed from the question."""
-    from visalign.methods.fisao import asked_object, yes_no
+    from visalign.methods.fisao import asked_object, yes_no_span
 
     assert asked_object("Is there a dog in this picture? Please answer yes or no.", ENTS) == "dog"
     assert asked_object("Does the image contain two cats?", ENTS) == "cat"
     assert asked_object("Is there a dog or a cat?", ENTS) is None      # ambiguous
     assert asked_object("Is there anything here?", ENTS) is None
-    assert [yes_no(t) for t in ("Yes", "no.", " Yes, there is.", "Nope", "")] == [1, -1, 1, 0, 0]
+    assert [yes_no_span(t)[0] for t in ("Yes", "no.", " Yes, there is.", "Nope", "")] == [
+        1, -1, 1, 0, 0]
+    assert yes_no_span(" Yes, there is.")[1] == (1, 4) and yes_no_span("Nope")[1] is None
     # responses as a chat template makes them: a bare-space token, the answer, </s>; the
     # reward belongs on the answer word, not on the space before it
     texts = [" Yes", " No", " Yes", " Maybe"]

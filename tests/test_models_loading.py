@@ -221,8 +221,24 @@ def test_sampling_is_seeded_and_per_sample(vlm):
     assert d == vlm.generate(images, prompts, **kw)
 
 
+def _adapted_logits_check_reference(model, inputs, base_logits):
+    """Give the LoRA B matrices random weights; assert the adapted model differs from the base
+    and that with adapters disabled it is the base again; return the adapted logits."""
+    from visalign.models.lora import reference_policy
+
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+        adapted = model(**inputs).logits
+        with reference_policy(model) as ref:
+            assert torch.allclose(ref(**inputs).logits, base_logits, atol=1e-6)
+    assert not torch.allclose(adapted, base_logits, atol=1e-4)
+    return adapted
+
+
 def test_lora_only_on_language_model_and_disable_adapter_gives_base(tiny_llava_dir, tmp_path):
-    from visalign.models.lora import add_lora, reference_policy
+    from visalign.models.lora import add_lora
 
     vlm = load_vlm(tiny_llava_dir)
     batch = vlm.encode(solid_images(2), CONVS)
@@ -237,15 +253,7 @@ def test_lora_only_on_language_model_and_disable_adapter_gives_base(tiny_llava_d
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert not any("vision_tower" in n or "multi_modal_projector" in n for n in trainable)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
-        adapted = model(**inputs).logits
-        with reference_policy(model) as ref:
-            ref_logits = ref(**inputs).logits
-    assert not torch.allclose(adapted, base_logits, atol=1e-4)
-    assert torch.allclose(ref_logits, base_logits, atol=1e-6)
+    adapted = _adapted_logits_check_reference(model, inputs, base_logits)
 
     # The adapter dir loads back (explicitly, and as a LoRA-only dir naming its base).
     model.save_pretrained(tmp_path / "adapter")
@@ -259,7 +267,7 @@ def test_lora_on_projector_and_restricted_targets(tiny_llava_dir, tmp_path):
     """`projector=True` adapts the projector too (the vision tower never), its adapter saves
     and loads back, and switching adapters off still gives the base; 'q_proj+v_proj' restricts
     the LM targets; 'none' alone is refused."""
-    from visalign.models.lora import add_lora, reference_policy
+    from visalign.models.lora import add_lora
 
     vlm = load_vlm(tiny_llava_dir)
     batch = vlm.encode(solid_images(2), CONVS)
@@ -272,14 +280,7 @@ def test_lora_on_projector_and_restricted_targets(tiny_llava_dir, tmp_path):
     assert lora_names and all("multi_modal_projector" in n for n in lora_names)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and "multi_modal_projector" in n for n in trainable)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
-        adapted = model(**inputs).logits
-        with reference_policy(model) as ref:
-            assert torch.allclose(ref(**inputs).logits, base_logits, atol=1e-6)
-    assert not torch.allclose(adapted, base_logits, atol=1e-4)
+    adapted = _adapted_logits_check_reference(model, inputs, base_logits)
     model.save_pretrained(tmp_path / "adapter")
     loaded = load_vlm(tiny_llava_dir, adapter=tmp_path / "adapter")
     with torch.no_grad():

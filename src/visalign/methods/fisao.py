@@ -139,7 +139,7 @@ class FisaoConfig(TrainConfig):
     existence_reward: bool = field(
         False, help="extension, not in the paper: also roll out the yes/no existence prompts "
         "of the instruction data (task 'existence', added to `tasks`) and put on the answer's "
-        "first token the Eq. 8 reward of the object asked about, signed by the answer (+r for "
+        "yes/no word the Eq. 8 reward of the object asked about, signed by the answer (+r for "
         "'Yes', -r for 'No'). The paper's rewards sit on entity words, so a one-word answer "
         "gets none, and description rewards shift yes/no answers unchecked "
         "(docs/methods_on_grounded_base.md, stop 22)")
@@ -148,7 +148,7 @@ class FisaoConfig(TrainConfig):
 # ----------------------------------------------------------------------------- data
 
 
-def load_prompts(cfg: FisaoConfig) -> list[dict]:
+def load_prompts(cfg: FisaoConfig, entities: Any = None) -> list[dict]:
     """(image, prompt) items from instruction records: first human turn without ``<image>``."""
     from visalign.data.llava import load_llava_records
 
@@ -156,7 +156,8 @@ def load_prompts(cfg: FisaoConfig) -> list[dict]:
     # Relative image paths start at image_root, else at the data file's directory (as in SFT).
     root = cfg.image_root or str(Path(cfg.data).parent)
     items = []
-    entities = load_entities(cfg) if cfg.existence_reward else None
+    if cfg.existence_reward and entities is None:
+        entities = load_entities(cfg)
     for r in recs:
         existence = cfg.existence_reward and r.get("task") == "existence"
         if cfg.tasks and r.get("task") not in cfg.tasks and not existence:
@@ -204,11 +205,6 @@ def yes_no_span(text: str) -> tuple[int, tuple[int, int] | None]:
     if m is None:
         return 0, None
     return (1 if m.group(1).lower() == "yes" else -1), (m.start(1), m.end(1))
-
-
-def yes_no(text: str) -> int:
-    """+1 if the response starts with "yes", -1 with "no", 0 otherwise."""
-    return yes_no_span(text)[0]
 
 
 def sample_index(n: int, seed: int, g: int, _cache: dict | None = None) -> int:
@@ -322,8 +318,9 @@ def score_rollout(rollout: Any, images: list, scorer: Any, entities: Any, calib:
     :class:`~visalign.eval.chair.Chair`) and ``image_ids``, token rewards come from the
     annotations instead (:func:`oracle_rewards`); the verifier scores are still logged.
     ``asks[i]`` (``existence_reward``): the object a yes/no question asks about; such a
-    response gets ``±normalized_reward(S(object, image))`` on its first token (+ for "Yes",
-    − for "No", nothing if it starts with neither) instead of entity rewards.
+    response gets ``±normalized_reward(S(object, image))`` on the first token of its yes/no
+    word (+ for "Yes", − for "No", nothing if it starts with neither) instead of entity
+    rewards.
     """
     import torch
 
@@ -379,7 +376,7 @@ def score_rollout(rollout: Any, images: list, scorer: Any, entities: Any, calib:
             n_pos += int(answer * r > 0)
             n_neg += int(answer * r < 0)
             total += answer * r
-            details.append([{"surface": text.split()[0] if text.split() else "",
+            details.append([{"surface": text[span[0]:span[1]],
                              "canonical": asks[i], "score": float(sc[0]),
                              "reward": answer * r}])
             continue
@@ -672,7 +669,8 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     calib, sent_calib = load_calibrations(cfg)
-    items = load_prompts(cfg)
+    entities = load_entities(cfg)
+    items = load_prompts(cfg, entities)
     anchor_items = load_anchor_items(cfg) if cfg.anchor_weight > 0 else None
     acc = Accelerator(cpu=not torch.cuda.is_available())
     if acc.is_main_process:
@@ -689,7 +687,6 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
             raise DataError(cfg.calibration, f"calibrated with score scale {c.scale:g} but the "
                                              f"verifier {verifier} has scale {scorer.scale:g}: "
                                              "recalibrate with this verifier", field="scale")
-    entities = load_entities(cfg)
     oracle = None
     if cfg.reward_source == "annotations":
         if cfg.reward_level != "token":
