@@ -6,7 +6,10 @@ log P(Yes) − log P(No) of the first answer token (``eval.grounding.yes_no_scor
 (the bias) and its AUROC for present vs absent objects (the discrimination, independent of
 any threshold). With ``--verifier`` the same AUROC for the verifier CLIP's score
 S(object, image) (``verifier.scorer.ClipScorer``, image pooling, the calibration template):
-how much a reward built from it could teach about these questions at best.
+how much a reward built from it could teach about these questions at best. With
+``--calibration`` also where Eq. 8's thresholds put those scores: the share of present objects
+above mu_gt and below mu_hal, of absent ones below mu_hal, and the verifier's accuracy when
+thresholded at mu_hal or at the midpoint of the two.
 
     python benchmarks/diag_pope_discrimination.py --pope-dir GRID/cells/base/eval \
         --models base=GRID/base fisao=GRID/cells/fisao-600/train/model \
@@ -53,8 +56,9 @@ def probe_model(model_dir: str, recs_by_split: dict[str, list[dict]]) -> dict:
 
 
 def probe_verifier(verifier: str, recs_by_split: dict[str, list[dict]],
-                   template: str = "a photo of a {}.") -> dict:
-    """Per split: AUROC of the verifier's S(object, image) for present vs absent objects."""
+                   template: str = "a photo of a {}.", calibration: str = "") -> dict:
+    """Per split: AUROC of the verifier's S(object, image) for present vs absent objects, and
+    with a ``calibration.json`` where its Eq. 7 means put those scores."""
     import numpy as np
     from PIL import Image
 
@@ -70,6 +74,16 @@ def probe_verifier(verifier: str, recs_by_split: dict[str, list[dict]],
         y = np.array([r["label"] == "yes" for r in recs])
         out[split] = {"auroc": round(float(auroc(s[y].tolist(), s[~y].tolist())), 4),
                       "n": len(recs)}
+        if calibration:
+            cal = json.loads(Path(calibration).read_text())
+            gt, hal = cal["mu_gt"], cal["mu_hal"]
+            mid = (gt + hal) / 2
+            out[split].update({
+                "present_above_mu_gt": round(float((s[y] > gt).mean()), 4),
+                "present_below_mu_hal": round(float((s[y] < hal).mean()), 4),
+                "absent_below_mu_hal": round(float((s[~y] < hal).mean()), 4),
+                "accuracy_at_mu_hal": round(float(((s > hal) == y).mean()), 4),
+                "accuracy_at_midpoint": round(float(((s > mid) == y).mean()), 4)})
     return out
 
 
@@ -80,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", nargs="+", required=True, metavar="NAME=MODEL_DIR")
     ap.add_argument("--verifier", default="", help="verifier CLIP dir (optional)")
     ap.add_argument("--template", default="a photo of a {}.")
+    ap.add_argument("--calibration", default="",
+                    help="calibration.json (mu_gt, mu_hal): threshold shares and accuracies")
     ap.add_argument("--limit", type=int, default=600, help="questions per split (0 = all)")
     args = ap.parse_args(argv)
     recs = {s: _records(Path(args.pope_dir) / f"answers_pope_{s}.jsonl", args.limit)
@@ -90,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
         report["models"][name] = {"dir": path, **probe_model(path, recs)}
     if args.verifier:
         report["verifier"] = {"dir": args.verifier, **probe_verifier(args.verifier, recs,
-                                                                     args.template)}
+                                                                     args.template,
+                                                                     args.calibration)}
     json.dump(report, sys.stdout, indent=1)
     print()
     return report
