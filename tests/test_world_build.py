@@ -181,6 +181,107 @@ def test_defects_only_in_train(tiny):
         assert _mentions(r["conversations"][1]["value"]) == gt[r["image_id"]]
 
 
+@pytest.fixture(scope="module")
+def injecting(tmp_path_factory) -> dict[float, Path]:
+    """Tiny worlds where every train description gets an absent object, by sharpness (0 turns
+    co-occurrence off); text knobs only, so the scenes are the fixture's."""
+    root = tmp_path_factory.mktemp("inject")
+    out = {}
+    for sharpness in (1.5, 0.0):
+        out[sharpness] = root / f"s{sharpness}"
+        build_world(world_config("tiny", seed=7, overrides=[
+            "hallucination_rate=1", f"hallucination_sharpness={sharpness}"]), out[sharpness])
+    return out
+
+
+def _injections(root: Path) -> list[tuple[str, str, set[str]]]:
+    """(injected category, scene theme, present categories) of each train description that
+    got an absent object."""
+    w = load_world(root)
+    coco = load_coco_instances(w.instances_path("train"))
+    theme = {img["id"]: img["theme"] for img in coco.dataset["images"]}
+    present: dict[int, set[str]] = {}
+    for a in coco.dataset["annotations"]:
+        present.setdefault(a["image_id"], set()).add(coco.cats[a["category_id"]]["name"])
+    return [(r["injected_objects"][0], theme[r["image_id"]], present[r["image_id"]])
+            for r in load_llava_records(w.llava_path("train"))
+            if r["task"] == "detail" and r["injected_objects"]]
+
+
+def _theme_share(inj: list[tuple[str, str, set[str]]]) -> tuple[float, float]:
+    """Share of injected objects that are members of the scene's theme, and that share's
+    expectation under a uniform pick among the absent categories (from the vocabulary)."""
+    vocab = default_vocab()
+    members = {t.name: {c for c, _ in t.members} for t in vocab.themes}
+    hits = chance = 0.0
+    for h, theme, present in inj:
+        absent = [c for c in vocab.names if c not in present]
+        hits += h in members[theme]
+        chance += sum(c in members[theme] for c in absent) / len(absent)
+    return hits / len(inj), chance / len(inj)
+
+
+def test_injected_objects_follow_cooccurrence(injecting):
+    """The absent object a train description invents comes from the scene's theme far more
+    often than a uniform pick would; with ``hallucination_sharpness=0`` (uniform weights) the
+    share falls to the uniform baseline."""
+    sharp, flat = _injections(injecting[1.5]), _injections(injecting[0.0])
+    assert len(sharp) >= 100 and len(flat) >= 100          # 120 train images, rate 1
+    share, chance = _theme_share(sharp)
+    share0, chance0 = _theme_share(flat)
+    # Seed 7 gives share 0.96 vs chance 0.24; sharpness 0 gives 0.28 vs 0.24.
+    assert 0.15 < chance < 0.35                           # ~9 of 30 categories per theme
+    assert share > 0.8 and share > 3 * chance, (share, chance)
+    assert abs(share0 - chance0) < 0.12, (share0, chance0)
+    assert share - share0 > 0.5
+
+
+def test_injected_objects_favour_frequent_members(injecting):
+    """Among same-theme injections, the theme's most frequent absent member (Zipf rank) is
+    picked far more often than uniform chance: the one way frequency biases descriptions."""
+    vocab = default_vocab()
+    rank = {t.name: {c: r for r, (c, _) in enumerate(t.members)} for t in vocab.themes}
+
+    def top_share(inj: list[tuple[str, str, set[str]]]) -> tuple[float, float]:
+        top = chance = n = 0.0
+        for h, theme, present in inj:
+            if h not in rank[theme]:
+                continue
+            absent = [c for c in rank[theme] if c not in present]
+            top += h == min(absent, key=rank[theme].get)
+            chance += 1 / len(absent)
+            n += 1
+        return top / n, chance / n
+
+    top, chance = top_share(_injections(injecting[1.5]))
+    top0, _ = top_share(_injections(injecting[0.0]))
+    # Seed 7: 0.51 vs chance 0.16; sharpness 0 gives 0.12.
+    assert top > 2 * chance and top > chance + 0.2, (top, chance)
+    assert top - top0 > 0.2, (top, top0)
+
+
+def test_omitted_objects_are_small_only(tiny):
+    """Omission depends on size only: every omitted category has only small instances, and
+    about ``omit_small_rate`` (0.5) of the small-only categories are omitted."""
+    out, _ = tiny
+    w = load_world(out)
+    coco = load_coco_instances(w.instances_path("train"))
+    sizes: dict[int, dict[str, set[str]]] = {}
+    for a in coco.dataset["annotations"]:
+        name = coco.cats[a["category_id"]]["name"]
+        sizes.setdefault(a["image_id"], {}).setdefault(name, set()).add(a["size"])
+    small_only = omitted = 0
+    for r in load_llava_records(w.llava_path("train")):
+        if r["task"] != "detail":
+            continue
+        cand = {c for c, z in sizes[r["image_id"]].items() if z == {"small"}}
+        assert set(r["omitted_objects"]) <= cand, (r["omitted_objects"], cand)
+        small_only += len(cand)
+        omitted += len(r["omitted_objects"])
+    assert small_only >= 50
+    assert 0.3 < omitted / small_only < 0.65              # seed 7: 46 / 97
+
+
 def test_glyphs_of_different_categories_differ():
     vocab = default_vocab()
     glyphs = {c: render_glyph(vocab, c, 20, color="red") for c in vocab.names}

@@ -11,10 +11,11 @@ Stages call the same library functions and command handlers a user runs by hand 
 world base, nsft build, pairs, train sft/dpo/fisao, fisao calibrate), so the grid exercises
 exactly the user-facing paths.
 
-Outputs: ``OUT/results.json`` (shared result format of ``DESIGN.md``), ``results.md`` /
-``results.csv`` (Table-9 style with (+x) totals), the figures (``figures/*.png``: the method
-bars, FiSAO's Fig. 1 token- vs sentence-level score distributions, Fig. 2 BLEU/ROUGE correlation
-of sentence scores, Fig. 4 reward shift before/after FiSAO) and ``report.md`` embedding them.
+Outputs: ``OUT/results.json`` ("Shared result format" in ``../shared/DESIGN.md``, a path
+relative to the repository root), ``results.md`` / ``results.csv`` (Table-9 style with (+x)
+totals), the figures (``figures/*.png``: the method bars, FiSAO's Fig. 1 token- vs
+sentence-level score distributions, Fig. 2 BLEU/ROUGE correlation of sentence scores, Fig. 4
+reward shift before/after FiSAO) and ``report.md`` embedding them.
 """
 
 from __future__ import annotations

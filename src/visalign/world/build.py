@@ -9,7 +9,8 @@ changes size.
 Determinism: every image draws from its own generators seeded by ``(seed, split, index,
 stream)``: stream 0 = scene, 1 = pixels, and string-seeded ``random.Random`` for captions and
 records. So the same config gives byte-identical files, and changing a text knob
-(``hallucination_rate``...) leaves every image and annotation unchanged.
+(``hallucination_rate``...) leaves every image and instance annotation unchanged (reference
+captions change only with the knobs captions use, e.g. ``synonym_prob``).
 
 Presets (``PRESETS``): ``small`` (default) 3000 train + 500 val images; ``tiny`` (tests) 120 train
 + 40 val.

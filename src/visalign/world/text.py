@@ -8,10 +8,20 @@ templates, synonyms and plurals. Instruction records cover the LLaVA-1.5 mix in 
 The training split carries the defects that make real VLMs hallucinate (``defects=True``):
 
 * ``hallucination_rate``: a share of detail descriptions also mention one plausible ABSENT
-  object, chosen by co-occurrence with the scene (same theme, frequent first), written either as
-  a normal object sentence or as "There is also a fork near the cup." (``injected_objects``).
-* ``omit_small_rate``: categories whose instances are all small are left out of the description
-  with this probability (``omitted_objects``), so descriptions favour large, frequent objects.
+  object (``injected_objects``), written either as a normal object sentence or as "There is
+  also a fork near the cup.". :meth:`TextGen.pick_absent` draws it by co-occurrence: weight
+  P(c | scene theme) + 0.5 * mean P(c | home theme of each present object), raised to
+  ``hallucination_sharpness``. P(c | theme) carries the scene sampler's Zipf skew, so frequent
+  same-theme categories are injected most; sharpness 0 makes the pick uniform over all absent
+  categories.
+* ``omit_small_rate``: each category whose instances are all small is left out of the
+  description with this probability (``omitted_objects``; one category is always kept). This
+  depends on size only, never on frequency.
+
+So training descriptions under-report small objects and over-report frequent ones; frequency
+enters only through which absent object is injected. (Frequent categories also appear in more
+scenes, but that skews images and true descriptions alike, not what a description says about
+its image.)
 
 Held-out splits get ``defects=False``: descriptions then mention every object and nothing else.
 All randomness comes from the ``random.Random`` passed in.
@@ -239,8 +249,11 @@ class TextGen:
 
     # -- detail descriptions ---------------------------------------------------------------
     def pick_absent(self, rng: random.Random, scene: Scene) -> str | None:
-        """A plausible absent object: weight = co-occurrence with the scene's theme and with the
-        home themes of the present objects, sharpened so frequent objects come first."""
+        """A plausible absent object (None when no absent category has any weight).
+
+        Weight = P(c | scene theme) + 0.5 * mean P(c | home theme of each present object), to
+        the power ``hallucination_sharpness`` (> 1 sharpens it towards frequent same-theme
+        categories; 0 gives every absent category weight 1, i.e. a uniform pick)."""
         names = self.vocab.names
         ti = self.vocab.theme_names.index(scene.theme)
         w = self.tp[ti].copy()
