@@ -460,6 +460,50 @@ def test_anchor_holds_the_yes_no_answers_near_the_reference(two_proc_setup):
         train_fisao(cfg)
 
 
+def test_grad_accum_splits_the_rollout_and_gives_the_same_run(two_proc_setup, monkeypatch):
+    """grad_accum = G accumulates G slices of each rollout into one optimiser step: the run
+    equals the whole-batch run; TrainConfig fields FiSAO does not use are refused, not
+    ignored."""
+    from visalign.methods.fisao import effective_minibatch
+
+    import visalign.methods.fisao as fisao_mod
+
+    root, args = two_proc_setup
+    seen: list = []
+    real = fisao_mod.ppo_epoch
+
+    def spy(*a, **kw):
+        seen.append(kw["minibatch"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(fisao_mod, "ppo_epoch", spy)
+    runs = {}
+    for name, extra in (("whole", {}), ("accum", {"grad_accum": 2})):
+        seen.clear()
+        cfg = FisaoConfig(**args, rollout_batch=4, out=str(root / f"ga_{name}"), **extra)
+        cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout = 4, 8, 0.0
+        train_fisao(cfg)
+        # each PPO step went through rollout_batch / grad_accum rows at a time
+        assert seen and set(seen) == {0 if not extra else 2}
+        runs[name] = (_log(root / f"ga_{name}"), _adapter(root / f"ga_{name}"))
+    (log_w, ad_w), (log_a, ad_a) = runs["whole"], runs["accum"]
+    assert log_w[-1]["grad_norm"] > 0
+    for rw, ra in zip(log_w, log_a):
+        assert ra["loss"] == pytest.approx(rw["loss"], rel=1e-4, abs=1e-7)
+    moved = max(float(v.abs().max()) for v in ad_w.values())
+    for k in ad_w:
+        assert torch.allclose(ad_w[k], ad_a[k], atol=1e-3 * max(moved, 1e-9), rtol=1e-3)
+    assert effective_minibatch(FisaoConfig(rollout_batch=16, grad_accum=4)) == 4
+    assert effective_minibatch(FisaoConfig(rollout_batch=5, grad_accum=2)) == 3
+    assert effective_minibatch(FisaoConfig(rollout_batch=16, ppo_minibatch=8)) == 8
+    with pytest.raises(ValueError, match="set one of them"):
+        effective_minibatch(FisaoConfig(rollout_batch=16, grad_accum=4, ppo_minibatch=8))
+    for bad, hint in (({"batch_size": 4}, "rollout_batch"), ({"max_length": 64},
+                      "max_new_tokens"), ({"log_every": 1}, "every rollout")):
+        with pytest.raises(ValueError, match=hint):
+            effective_minibatch(FisaoConfig(**bad))
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(two_proc_setup):
     root, args = two_proc_setup
     one = root / "one"

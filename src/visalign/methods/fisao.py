@@ -19,11 +19,16 @@ Departures from the paper, all configurable:
   has none);
 - the KL at a state is a single-sample estimate from the sampled token's log-probs under π_old
   and π_ref (k1 = log π_old − log π_ref by default; k2/k3 selectable), not the exact
-  full-vocabulary KL, which would need both logit tensors at every step;
+  full-vocabulary KL, which would need both logit tensors at every step. Its direction is
+  KL(π_old ‖ π_ref), the usual RLHF penalty, whose single-sample estimate needs only the
+  tokens the policy sampled; Eq. 8 writes KL(π_ref ‖ π_θ), whose estimate would need samples
+  from π_ref. Both are 0 at π_θ = π_ref and agree to second order near it (the regime the
+  penalty keeps the policy in);
 - the loss is the sum over response tokens divided by the number of response tokens in the whole
   *global* rollout batch, so N processes × b samples give the gradient of 1 process × N·b
-  samples (DDP averages gradients, which the factor N undoes); ``ppo_minibatch`` splits the
-  forward/backward without changing the gradient;
+  samples (DDP averages gradients, which the factor N undoes); ``ppo_minibatch`` (or
+  ``grad_accum``, the same thing counted in slices) splits the forward/backward into
+  accumulated slices without changing the gradient;
 - dropout is off during the PPO forward passes (``disable_dropout``, as TRL does), so that
   r_t = 1 exactly on the first epoch;
 - ``kl_target`` > 0 (off by default) adapts ξ after each rollout so that the per-token KL to
@@ -67,11 +72,13 @@ from visalign.training import (TrainConfig, TrainResult, latest_checkpoint, lr_l
 
 @dataclasses.dataclass
 class FisaoConfig(TrainConfig):
-    """FiSAO settings. Of :class:`~visalign.training.TrainConfig`, ``batch_size``,
-    ``grad_accum``, ``max_length`` and ``log_every`` are not used: ``rollout_batch`` (per
-    process) and ``ppo_minibatch`` set the batch, every rollout is logged, and ``max_steps``
-    counts rollouts (each makes ``ppo_epochs`` optimiser steps; the LR schedule runs over
-    those)."""
+    """FiSAO settings. Of :class:`~visalign.training.TrainConfig`, ``rollout_batch`` (per
+    process) replaces ``batch_size``; ``grad_accum`` = G splits each rollout into G
+    forward/backward passes whose gradients accumulate into one optimiser step (the same as
+    ``ppo_minibatch`` = ceil(rollout_batch / G)); ``batch_size``, ``max_length`` and
+    ``log_every`` are not used (every rollout is logged) and :func:`effective_minibatch`
+    rejects them when set. ``max_steps`` counts rollouts (each makes ``ppo_epochs`` optimiser
+    steps; the LR schedule runs over those)."""
 
     data: str = field("", help="the base model's own instruction data (LLaVA records)")
     tasks: list[str] = field(["detail"], help="record tasks whose prompts are used ([] = all)")
@@ -99,7 +106,8 @@ class FisaoConfig(TrainConfig):
     clip_eps: float = field(0.2, help="ε of the clipped surrogate (Eq. 9)")
     rollout_batch: int = field(16, help="prompts per rollout (per process)")
     ppo_minibatch: int = field(0, help="rows per PPO forward/backward (0 = the whole rollout); "
-                                       "gradients accumulate, the result is the same")
+                                       "gradients accumulate, the result is the same; "
+                                       "grad_accum=G sets it to ceil(rollout_batch / G)")
     max_new_tokens: int = field(96, help="response length cap")
     temperature: float = field(1.0, help="sampling temperature of rollouts")
     top_p: float = field(1.0, help="nucleus sampling of rollouts")
@@ -143,6 +151,33 @@ class FisaoConfig(TrainConfig):
         "'Yes', -r for 'No'). The paper's rewards sit on entity words, so a one-word answer "
         "gets none, and description rewards shift yes/no answers unchecked "
         "(docs/methods_on_grounded_base.md, stop 22)")
+
+
+# TrainConfig fields FiSAO has no use for, with what to set instead (a silently ignored
+# override would let a user believe a run used a setting it did not).
+_UNUSED = {"batch_size": "rollout_batch (prompts per rollout, per process)",
+           "max_length": "max_new_tokens (the response cap; prompts are not truncated)",
+           "log_every": "nothing: every rollout is logged"}
+
+
+def effective_minibatch(cfg: FisaoConfig) -> int:
+    """Rows per PPO forward/backward (0 = the whole rollout), from ``ppo_minibatch`` or
+    ``grad_accum``; raises on TrainConfig fields FiSAO does not use when they differ from
+    their defaults, and on a ``grad_accum`` that contradicts ``ppo_minibatch``."""
+    defaults = TrainConfig()
+    for name, instead in _UNUSED.items():
+        if getattr(cfg, name) != getattr(defaults, name):
+            raise ValueError(f"FiSAO does not use {name}={getattr(cfg, name)!r}; set {instead}")
+    if cfg.grad_accum < 1:
+        raise ValueError(f"grad_accum must be >= 1, got {cfg.grad_accum}")
+    if cfg.grad_accum == 1:
+        return cfg.ppo_minibatch
+    mb = math.ceil(cfg.rollout_batch / cfg.grad_accum)
+    if cfg.ppo_minibatch and cfg.ppo_minibatch != mb:
+        raise ValueError(f"grad_accum={cfg.grad_accum} means ppo_minibatch={mb} for "
+                         f"rollout_batch={cfg.rollout_batch}, but ppo_minibatch="
+                         f"{cfg.ppo_minibatch} is set: set one of them")
+    return mb
 
 
 # ----------------------------------------------------------------------------- data
@@ -659,6 +694,7 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
 
     if cfg.ppo_epochs < 1 or cfg.rollout_batch < 1:
         raise ValueError("ppo_epochs and rollout_batch must be >= 1")
+    minibatch = effective_minibatch(cfg)
     if cfg.kl_target > 0 and (cfg.xi <= 0 or cfg.kl_on == "none" or cfg.kl_horizon <= 0):
         raise ValueError("kl_target > 0 adapts ξ multiplicatively: it needs xi > 0, "
                          "kl_on other than 'none' and kl_horizon > 0")
@@ -778,9 +814,9 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
         mask = batch["labels"] != -100
         # sequence_logprobs is aligned with label positions, so mask/rewards index the same.
         with _dropout_off(model, True):
-            old = batch_logprobs(model, batch, cfg.ppo_minibatch)
+            old = batch_logprobs(model, batch, minibatch)
             with ref_ctx() as ref_m:
-                ref = batch_logprobs(ref_m, batch, cfg.ppo_minibatch)
+                ref = batch_logprobs(ref_m, batch, minibatch)
         xi = float(state.get("xi", cfg.xi))
         adv, kl = shaped_rewards(sc.rewards.to(old.device), sc.is_entity.to(old.device), mask,
                                  old, ref, cfg, xi=xi)
@@ -809,7 +845,7 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
             for _ in range(cfg.ppo_epochs):
                 st = ppo_epoch(model, batch, old, adv, mask, opt, clip_eps=cfg.clip_eps,
                                n_tokens_global=n_tok_global, world_size=world,
-                               minibatch=cfg.ppo_minibatch, accelerator=acc, params=params,
+                               minibatch=minibatch, accelerator=acc, params=params,
                                max_grad_norm=cfg.max_grad_norm, scheduler=sched,
                                extra_loss=extra_loss)
                 for kk in ep:
