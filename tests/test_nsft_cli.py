@@ -30,18 +30,37 @@ def test_build_from_answers_writes_data_report_and_config(files, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert sorted(r["nsft"]["source_id"] for r in data) == ["d1", "d3", "s1", "s3"]
     assert rep["n_output"] == 4 and rep["yes_no"]["erased_no_pairs"] == 1
+    assert rep["yes_no"]["already_above_target"] is False
     assert rep["inputs"]["answers"] == str(files / "answers.jsonl")
     assert "# nSFT construction report" in (out / "report.md").read_text()
     cfg = (out / "config.yaml").read_text()
     assert "yes_ratio_target: 0.75" in cfg and "seed: 3" in cfg
     stdout = capsys.readouterr().out
     assert "4 conversations from 7 records" in stdout and "--image-root" in stdout
+    assert "already at or above" not in stdout
     # The same inputs and seed give the same file.
     rc = main(["nsft", "build", "--data", str(files / "data.json"), "--answers",
                str(files / "answers.jsonl"), "--instances", str(files / "instances.json"),
                "--out", str(files / "out2"), "yes_ratio_target=0.75", "seed=3"])
     assert rc == 0 and (files / "out2" / "nsft.json").read_text() == \
         (out / "nsft.json").read_text()
+
+
+def test_build_reports_a_yes_share_left_above_the_minimum(files, capsys):
+    """yes_ratio_target is a minimum: a 2/3 share with target 0.5 is left alone, and
+    report.json, report.md and the summary line all say so."""
+    write_jsonl(files / "above.jsonl", [{"id": "d1", "answer": "A cat sits near the chair."},
+                                        {"id": "d3", "answer": "A white bench in a kitchen."}])
+    out = files / "above"
+    assert main(["nsft", "build", "--data", str(files / "data.json"), "--answers",
+                 str(files / "above.jsonl"), "--instances", str(files / "instances.json"),
+                 "--out", str(out), "yes_ratio_target=0.5"]) == 0
+    yn = json.loads((out / "report.json").read_text())["yes_no"]
+    assert yn["already_above_target"] is True and yn["erased_no_pairs"] == 0
+    assert yn["after"]["yes_ratio"] == pytest.approx(2 / 3)
+    assert "already at or above the target, left as is" in (out / "report.md").read_text()
+    assert "yes ratio 0.67 (already at or above the minimum, left as is)" in \
+        capsys.readouterr().out
 
 
 def test_build_errors_are_one_clear_line(files, capsys, monkeypatch):

@@ -14,11 +14,11 @@ import pytest
 from visalign.eval.judge import JudgeConfig
 from visalign.methods.codebook import (CATEGORY_KEYS, NSFT_PROMPT, UNSPECIFIED, match_category,
                                        nsft_messages)
-from visalign.methods.nsft_data import (QA, AnnotationJudge, GroundTruth, LLMJudge,
-                                        LLMParseError, NsftDataConfig, balance_yes_no,
-                                        build_nsft_data, clip_words, doubled_pairs, is_short,
-                                        limit_is_are, parse_llm_reply, report_markdown,
-                                        short_answer_correct)
+from visalign.methods.nsft_data import (QA, SHORT_ANSWER_CATEGORIES, AnnotationJudge,
+                                        GroundTruth, LLMJudge, LLMParseError, NsftDataConfig,
+                                        balance_yes_no, build_nsft_data, clip_words,
+                                        doubled_pairs, is_short, limit_is_are, parse_llm_reply,
+                                        report_markdown, short_answer_correct)
 
 # ---------------------------------------------------------------------------------------------
 # Hand-made ground truth: image 1 is a kitchen (a red cup on the left, two brown dogs on the
@@ -167,6 +167,9 @@ def test_unchecked_categories_and_plain_coco_notes():
     judge = AnnotationJudge()
     unchecked = set(CATEGORY_KEYS) - judge.checkable_categories
     assert unchecked == {"object_actions", "events", "event_planning", "reasoning"}
+    # ... in long answers; short answers (compared with the GT answer) add object_actions.
+    assert SHORT_ANSWER_CATEGORIES - judge.checkable_categories == {"object_actions"}
+    assert judge.short_answer_categories == SHORT_ANSWER_CATEGORIES
     plain = GroundTruth(instances(with_fields=False))
     notes = " ".join(judge.notes(plain))
     for word in ("colour", "size", "absolute location", "background"):
@@ -221,7 +224,7 @@ def test_balance_yes_no_exact_count_and_seeded():
     # yes = 2, no = 8, target 0.5: erase k >= 2 + 8 - 2 / 0.5 = 6 -> 2 / (2 + 2) = 0.5.
     convs = _convs(["YNNN", "NNNO", "YNNO"])
     res = balance_yes_no(convs, 0.5, random.Random(0))
-    assert res == {"erased": 6, "reached": True, "needed": 6}
+    assert res == {"erased": 6, "reached": True, "needed": 6, "already_above": False}
     answers = [q.answer for c in convs for q in c]
     assert answers.count("Yes.") == 2 and answers.count("No.") == 2
     assert answers.count("Red.") == 2 and all(c for c in convs)
@@ -250,9 +253,24 @@ def test_balance_never_erases_the_last_pair_and_skips_gt_and_doubled():
     assert res["erased"] == 1 and res["reached"] is False
     assert [len(c) for c in convs] == [1, 1, 4]
     assert balance_yes_no(_convs(["NN"]), 0.5, random.Random(0)) == {
-        "erased": 0, "reached": False, "needed": None}          # no "Yes" at all
+        "erased": 0, "reached": False, "needed": None, "already_above": False}  # no "Yes"
     assert balance_yes_no(_convs(["YN"]), 0.5, random.Random(0))["erased"] == 0
-    assert balance_yes_no(_convs(["YNN"]), 0.0, random.Random(0))["erased"] == 0  # disabled
+    assert balance_yes_no(_convs(["YNN"]), 0.0, random.Random(0)) == {           # disabled
+        "erased": 0, "reached": True, "needed": 0, "already_above": False}
+
+
+def test_balance_target_is_a_minimum_yes_share():
+    """Erasing "No" pairs only raises the Yes share: a share above the target is left alone
+    (a 0.8 share stays 0.8 with target 0.5), and the result says so."""
+    convs = _convs(["YYN", "YY"])
+    before = [[q.answer for q in c] for c in convs]
+    assert balance_yes_no(convs, 0.5, random.Random(0)) == {
+        "erased": 0, "reached": True, "needed": 0, "already_above": True}
+    assert [[q.answer for q in c] for c in convs] == before
+    # Exactly at the target also counts as already met; just below it does not.
+    assert balance_yes_no(_convs(["YN"]), 0.5, random.Random(0))["already_above"] is True
+    res = balance_yes_no(_convs(["YNN"]), 0.5, random.Random(0))
+    assert res["already_above"] is False and res["erased"] == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,11 +328,13 @@ def test_build_annotation_outputs_and_report(gt):
         "object_locations": 1, "relative_positions": 1, "background_knowledge": 1,
         "events": 0, "event_planning": 0, "reasoning": 0, UNSPECIFIED: 0}
     assert rep["errors_per_level"] == {"instance": 5, "image": 3}
-    assert rep["unchecked_categories"] == ["object_actions", "events", "event_planning",
-                                           "reasoning"]
+    assert rep["unchecked_categories"] == ["events", "event_planning", "reasoning"]
+    assert rep["checked_short_answers_only"] == ["object_actions"]
+    assert "object_actions" in rep["checkable_categories"]
     assert rep["judge"] == "annotation" and rep["llm_unparsed"] == 0
     md = report_markdown(rep)
     assert "| instance | Object Identity | 2 | yes |" in md
+    assert "| instance | Object actions | 0 | short answers only |" in md
     assert "| image | Reasoning | 0 | no (unchecked) |" in md
 
 
@@ -327,11 +347,100 @@ def test_build_yes_no_balancing_in_report(gt):
     assert yn["before"] == {"yes": 1, "no": 1, "yes_ratio": 0.5}
     assert yn["after"] == {"yes": 1, "no": 0, "yes_ratio": 1.0}
     assert yn["erased_no_pairs"] == 1 and yn["reached"] is True
+    assert yn["already_above_target"] is False
     d1 = _by_id(data)["d1"]
     assert len(_turns(d1)) == 4 and all("cat" not in q for q, _ in _turns(d1))
+    # Erasing left d1 one pair short of n_pairs; d3 keeps its 5.
+    assert len(_turns(_by_id(data)["d3"])) == 5
+    assert rep["n_pairs"] == 5 and rep["conversations_under_n_pairs"] == 1
     # Doubled pairs (short answers) are kept whole and reported apart.
     assert len(_turns(_by_id(data)["s1"])) == 3
     assert yn["doubled"] == {"yes": 0, "no": 3}
+
+
+def test_build_yes_share_above_target_is_left_alone(gt):
+    """yes_ratio_target is a minimum: 2 Yes / 1 No (0.67) with target 0.5 erases nothing,
+    reports ``already_above_target`` and says so in report.md."""
+    records = [RECORDS[0], RECORDS[2]]
+    answers = {"d1": "A cat sits near the chair.", "d3": "A white bench in a kitchen."}
+    cfg = NsftDataConfig(yes_ratio_target=0.5)
+    data, rep = build_nsft_data(records, answers, gt, cfg, AnnotationJudge(cfg))
+    yn = rep["yes_no"]
+    assert yn["before"] == yn["after"] == {"yes": 2, "no": 1, "yes_ratio": 2 / 3}
+    assert yn["erased_no_pairs"] == 0 and yn["added_yes_pairs"] == 0
+    assert yn["already_above_target"] is True and yn["reached"] is True
+    assert "already at or above the target, left as is" in report_markdown(rep)
+    # add_yes_pairs adds nothing either when the share is already above the target.
+    cfg = NsftDataConfig(yes_ratio_target=0.5, add_yes_pairs=True)
+    data2, rep2 = build_nsft_data(records, answers, gt, cfg, AnnotationJudge(cfg))
+    assert rep2["yes_no"]["added_yes_pairs"] == 0 and data2 == data
+    # Above this target the same data is balanced: one "No" erased, flag off.
+    cfg = NsftDataConfig(yes_ratio_target=0.75)
+    _, rep3 = build_nsft_data(records, answers, gt, cfg, AnnotationJudge(cfg))
+    assert rep3["yes_no"]["erased_no_pairs"] == 1
+    assert rep3["yes_no"]["already_above_target"] is False
+    assert "already at or above" not in report_markdown(rep3)
+
+
+def test_short_action_answer_is_reported_as_checked_for_short_answers(gt):
+    """A wrong answer to a "doing" question is compared with the GT answer and tagged
+    object_actions; the report must not also list object_actions as unchecked."""
+    records = [rec("a1", 1, "vqa", "What is the dog doing?", "Sleeping"), RECORDS[0]]
+    answers = {"a1": "Running.", "d1": "A cat sits near the chair."}
+    cfg = NsftDataConfig()
+    data, rep = build_nsft_data(records, answers, gt, cfg, AnnotationJudge(cfg))
+    a1 = _by_id(data)["a1"]
+    assert [e["category"] for e in a1["nsft"]["errors"]] == ["object_actions"]
+    assert _turns(a1)[1:] == [("What is the dog doing? Is the answer Running?", "No."),
+                              ("What is the dog doing?", "Sleeping")]
+    assert rep["errors_per_category"]["object_actions"] == 1
+    # No category is both counted and listed as unchecked; the three lists split the codebook.
+    counted = {k for k, n in rep["errors_per_category"].items() if n and k != UNSPECIFIED}
+    assert counted and not counted & set(rep["unchecked_categories"])
+    assert set(rep["checked_short_answers_only"]) <= set(rep["checkable_categories"])
+    assert set(rep["checkable_categories"]) | set(rep["unchecked_categories"]) == \
+        set(CATEGORY_KEYS)
+    assert not set(rep["checkable_categories"]) & set(rep["unchecked_categories"])
+    assert rep["checked_short_answers_only"] == ["object_actions"]
+    md = report_markdown(rep)
+    assert "| instance | Object actions | 1 | short answers only |" in md
+    assert "Object actions | 1 | no (unchecked)" not in md
+    # The LLM judge checks every category in long answers: nothing is short-answers-only.
+    class Canned:
+        def chat(self, messages):
+            return NO_HAL_REPLY
+    llm = LLMJudge(Canned(), cfg=cfg)
+    _, rep_llm = build_nsft_data(records, answers, gt, cfg, llm)
+    assert rep_llm["errors_per_category"]["object_actions"] == 1
+    assert rep_llm["checked_short_answers_only"] == [] and rep_llm["unchecked_categories"] == []
+    assert "| instance | Object actions | 1 | yes |" in report_markdown(rep_llm)
+
+
+def test_conversations_under_n_pairs_counts_short_long_conversations(gt):
+    """n_pairs is a target: a scene with too few definite questions and an LLM reply with
+    fewer pairs both give shorter conversations, and the report counts them."""
+    plain = GroundTruth(instances(with_fields=False))   # image 2: one bench, no colour/region
+    cfg = NsftDataConfig()
+    data, rep = build_nsft_data([RECORDS[2]], {"d3": "A white bench and a cat."}, plain, cfg,
+                                AnnotationJudge(cfg))
+    assert len(_turns(data[0])) == 4
+    assert rep["conversations_under_n_pairs"] == 1 and rep["yes_no"]["erased_no_pairs"] == 0
+    assert "under the target of 5 pairs: 1" in report_markdown(rep)
+    # The same answer on the annotated image fills all 5 pairs: nothing counted.
+    data, rep = build_nsft_data([RECORDS[2]], {"d3": "A white bench and a cat."}, gt, cfg,
+                                AnnotationJudge(cfg))
+    assert len(_turns(data[0])) == 5 and rep["conversations_under_n_pairs"] == 0
+
+    class Canned:
+        def chat(self, messages):
+            return MARKDOWN_REPLY                          # three QA pairs
+    cfg = NsftDataConfig(judge="llm", yes_ratio_target=0.0)
+    data, rep = build_nsft_data([RECORDS[2]], {"d3": "A bench at a party in a kitchen."}, gt,
+                                cfg, LLMJudge(Canned(), cfg=cfg))
+    assert len(_turns(data[0])) == 3 and rep["conversations_under_n_pairs"] == 1
+    # Short-answer (doubled) conversations are not counted against n_pairs.
+    data, rep = build_nsft_data(RECORDS[3:4], ANSWERS, gt, cfg, AnnotationJudge(cfg))
+    assert len(data) == 1 and rep["conversations_under_n_pairs"] == 0
 
 
 def test_build_keep_gt_switches(gt):

@@ -1,9 +1,11 @@
 """``visalign nsft build``: nSFT corrective conversations from a model's own mistakes.
 
 Writes ``OUT/nsft.json`` (LLaVA conversations, train them with ``visalign train sft``),
-``OUT/report.json`` + ``OUT/report.md`` (errors per vision-error-codebook category, yes/no
-balance, skipped records) and ``OUT/config.yaml``. With ``--model`` the original (greedy)
-answers are generated first into ``OUT/answers.jsonl`` (resumable).
+``OUT/report.json`` + ``OUT/report.md`` (errors per vision-error-codebook category and which
+categories the judge checks, yes/no balance, skipped records) and ``OUT/config.yaml``.
+``yes_ratio_target`` is a minimum "Yes" share, reached by erasing "No" pairs; a share already
+above it is left alone. With ``--model`` the original (greedy) answers are generated first into
+``OUT/answers.jsonl`` (resumable).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "build", help="judge a model's answers and write corrective conversations",
         description=__doc__ + "\nConfig keys (key=value): see NsftDataConfig in "
-                              "visalign.methods.nsft_data (e.g. yes_ratio_target=0.5 "
-                              "keep_gt_long=true llm.model=gpt-4o).")
+                              "visalign.methods.nsft_data (e.g. yes_ratio_target=0.5, "
+                              "a minimum Yes share; keep_gt_long=true llm.model=gpt-4o).")
     b.add_argument("--data", required=True, help="alignment data: LLaVA records (JSON/JSONL)")
     b.add_argument("--image-root", default=None,
                    help="dir relative image paths start from (default: the data file's dir)")
@@ -93,10 +95,13 @@ def _build(args: argparse.Namespace) -> int:
     atomic_write_text(out / "report.md", report_markdown(report))
     save_run_config(cfg, out)
     yn = report["yes_no"]["after"]["yes_ratio"]
+    # Say when the share was left above the target, so 0.79 vs 0.5 reads as intended.
+    above = " (already at or above the minimum, left as is)" if \
+        report["yes_no"]["already_above_target"] else ""
     print(f"nsft: {report['n_output']} conversations from {report['n_records']} records "
           f"({report['n_no_error']} without errors, {report['skipped']['count']} skipped, "
           f"{report['llm_unparsed']} unparsed); yes ratio "
-          f"{'n/a' if yn is None else f'{yn:.2f}'} -> {out / 'nsft.json'}")
+          f"{'n/a' if yn is None else f'{yn:.2f}'}{above} -> {out / 'nsft.json'}")
     # Image paths in nsft.json stay relative to the same image root as the input data.
     print(f"train with: visalign train sft --preset nsft --data {out / 'nsft.json'} "
           f"--image-root {image_root} --model MODEL --out DIR")

@@ -17,29 +17,38 @@ Pipeline (:func:`build_nsft_data`)
      Checks object identity (hallucinated objects), attributes (colour, size, counts),
      absolute locations, relative positions between two mentioned objects, and the background
      (scene/theme word mismatch). Actions, events, event planning and reasoning cannot be
-     checked from annotations: they are declared in ``checkable_categories`` and the report
-     lists them as unchecked.
+     checked in long answers from annotations: they are left out of ``checkable_categories``.
    * :class:`LLMJudge`: the Fig. 9 prompt sent to an OpenAI-compatible endpoint through
      :class:`visalign.eval.judge.JudgeClient`; its "Hallucinations:" list becomes the errors and
-     its five question-answer pairs the conversation. Unparseable replies are counted
+     its question-answer pairs (five asked for) the conversation. Unparseable replies are counted
      (``llm_unparsed``) and the record listed as skipped, never dropped silently.
 
    Short answers (tasks ``vqa``/``count``/``color``/``position``/``existence``, the OCRVQA
    analogue) are judged the same way by both judges: wrong iff the normalised answer differs
-   from the ground truth (the paper builds these pairs by hand, Sec. B.1).
+   from the ground truth (the paper builds these pairs by hand, Sec. B.1). A wrong short
+   answer is tagged by its task or question wording (:data:`SHORT_ANSWER_CATEGORIES`; "What
+   is the dog doing?" -> ``object_actions``, free-form questions naming no aspect ->
+   ``object_identity``). That comparison with the GT answer is a real check, so a category
+   only short answers are checked for (``object_actions`` with the annotation judge) is
+   reported as ``checked_short_answers_only``, not as unchecked; ``unchecked_categories``
+   holds the categories checked for no record type.
 3. *Corrective conversations* (LLaVA format, ``<image>`` in the first human turn):
 
-   * long answers: one conversation of ``n_pairs`` (5, Sec. B.1) logically connected QA pairs
-     focused on the errors. From the annotation judge they are template-generated (hallucinated
-     X: "Is there a X in the image?" -> "No, there is no X.", then "Is there a Y?" -> "Yes..."
-     about an object that is there (at the place the answer put X when one is), then what that
-     place or the image really holds; wrong colour: "What color is the X?" -> "It is blue."; ...), filled with
-     ground-truth-grounded questions about the erroneous and other present objects when there
-     are fewer errors than pairs. Answers are cut to ``max_answer_tokens`` (20, Fig. 9 guideline
-     4) whitespace tokens, and at most ``max_is_are_share`` (60%) of the questions start with
-     "Is"/"Are" (Fig. 9 guideline 6: "Do not always ask question that starts with Is or Are";
-     60% is our number). From the LLM judge the conversation is its parsed QA pairs, with the
-     same two limits enforced.
+   * long answers: one conversation of logically connected QA pairs focused on the errors,
+     aiming at ``n_pairs`` (5, Sec. B.1) pairs. It can end up shorter: an LLM reply with
+     fewer pairs is kept as it is (more are cut to ``n_pairs``), a template conversation
+     stops when the scene has no further distinct definite question to ask, and yes/no
+     balancing erases "No" pairs. The report counts these (``conversations_under_n_pairs``,
+     counted after balancing). From the annotation judge the pairs are template-generated
+     (hallucinated X: "Is there a X in the image?" -> "No, there is no X.", then "Is there a
+     Y?" -> "Yes..." about an object that is there (at the place the answer put X when one
+     is), then what that place or the image really holds; wrong colour: "What color is the
+     X?" -> "It is blue."; ...), filled with ground-truth-grounded questions about the
+     erroneous and other present objects when there are fewer errors than pairs. Answers are
+     cut to ``max_answer_tokens`` (20, Fig. 9 guideline 4) whitespace tokens, and at most
+     ``max_is_are_share`` (60%) of the questions start with "Is"/"Are" (Fig. 9 guideline 6:
+     "Do not always ask question that starts with Is or Are"; 60% is our number). From the
+     LLM judge the conversation is its parsed QA pairs, with the same two limits enforced.
    * short answers: the *doubled* QA pair per mistake (Sec. B.1): ``"{question} Is the answer
      {wrong}?" -> "No."`` then ``"{question}" -> "{right answer}"``, appended to the tail of
      the ground-truth conversation (``keep_gt_short``, default on: "without the original GT
@@ -50,13 +59,17 @@ Pipeline (:func:`build_nsft_data`)
      'No' answers"): whole constructed QA pairs whose answer starts with "No" are erased at
      random (seeded) until the share of "Yes" among yes/no answers reaches
      ``yes_ratio_target``; the last remaining constructed pair of a conversation is never
-     erased. The balancing covers the long-answer conversations (the paper's Fig. 11 kind);
-     doubled pairs are kept whole and reported apart. Optionally (``add_yes_pairs``, off by
-     default since the paper only erases), "Is there a X?" -> "Yes, there is a X." pairs about
-     ground-truth objects are appended when erasing alone cannot reach the target.
-4. Output: LLaVA-format records plus a construction report (counts per codebook category,
-   yes/no ratio before/after balancing, records without errors, skipped records and why, the
-   judge used, checks that could not run on this ground truth).
+     erased. Erasing "No" pairs can only raise the "Yes" share, so the target is a *minimum*
+     "Yes" share: a share already at or above it is left alone (nothing erased, nothing
+     added; the report says ``already_above_target``). The balancing covers the long-answer
+     conversations (the paper's Fig. 11 kind); doubled pairs are kept whole and reported
+     apart. Optionally (``add_yes_pairs``, off by default since the paper only erases), "Is
+     there a X?" -> "Yes, there is a X." pairs about ground-truth objects are appended when
+     erasing alone cannot reach the target.
+4. Output: LLaVA-format records plus a construction report (counts per codebook category and
+   which categories the judge checks, yes/no ratio before/after balancing, records without
+   errors, skipped records and why, the judge used, checks that could not run on this ground
+   truth, long-answer conversations with fewer than ``n_pairs`` pairs).
 
 Where this departs from the paper (on purpose)
 ----------------------------------------------
@@ -95,7 +108,7 @@ __all__ = [
     "GroundTruth", "GTObject", "AnnotationJudge", "LLMJudge", "ParsedReply", "parse_llm_reply",
     "build_nsft_data", "model_answers", "doubled_pairs", "balance_yes_no", "limit_is_are",
     "clip_words", "normalize_answer", "short_answer_correct", "is_short", "report_markdown",
-    "first_exchange", "COLOR_WORDS",
+    "first_exchange", "COLOR_WORDS", "SHORT_ANSWER_CATEGORIES",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -119,15 +132,21 @@ class NsftDataConfig:
                                            "(Sec. B.1: unstable without it)")
     keep_gt_long: bool = field(False, help="prepend the GT conversation to long-answer "
                                            "conversations (Table 6: not needed)")
-    n_pairs: int = field(5, help="QA pairs per long-answer conversation (Sec. B.1)")
+    n_pairs: int = field(5, help="target QA pairs per long-answer conversation (Sec. B.1); "
+                                 "fewer when the LLM reply has fewer, the scene offers no more "
+                                 "questions or balancing erases pairs (report: "
+                                 "conversations_under_n_pairs)")
     max_answer_tokens: int = field(20, help="answers are cut to this many whitespace tokens "
                                             "(Fig. 9 guideline 4)")
     max_is_are_share: float = field(0.6, help="at most this share of a long conversation's "
                                               "questions start with Is/Are (Fig. 9 guideline 6)")
-    yes_ratio_target: float = field(0.5, help="target share of 'Yes' among yes/no answers after "
-                                              "erasing 'No' pairs (Sec. C.5); <= 0 disables")
+    yes_ratio_target: float = field(0.5, help="minimum share of 'Yes' among the yes/no answers "
+                                              "of long-answer conversations, reached by erasing "
+                                              "random 'No' pairs (Sec. C.5); a share already at "
+                                              "or above it is left alone (nothing erased or "
+                                              "added); <= 0 disables")
     add_yes_pairs: bool = field(False, help="also append GT-grounded 'Yes' pairs when erasing "
-                                            "'No' pairs cannot reach the target")
+                                            "'No' pairs cannot reach the minimum Yes share")
     yes_about: Literal["near", "unnamed"] = field(
         "near", help="present objects the template conversations ask 'Yes' questions about "
         "first: 'near' = the one at a hallucination's place, else the most frequent; "
@@ -217,7 +236,9 @@ class Judge(Protocol):
     """Finds the errors of ``answer`` (to ``record``'s first question) against ground truth.
 
     ``name`` goes into the report; ``checkable_categories`` are the codebook keys the judge can
-    detect (the report lists the others as unchecked). A judge may also offer
+    detect in long answers. A judge may also declare ``short_answer_categories``, the keys it
+    tags wrong short answers with after comparing them with the GT answer (default: none); the
+    report lists a key in neither set as unchecked. A judge may also offer
     ``review(record, answer, gt) -> Verdict`` to propose the conversation itself (LLM judges).
     """
 
@@ -754,12 +775,19 @@ def short_answer_correct(answer: str, gt_answer: str) -> bool:
 _SHORT_TASK_CATEGORY = {"existence": "object_identity", "count": "object_attribute",
                         "color": "object_attribute", "position": "object_locations"}
 
+# Every key _short_category can return. A wrong short answer is found by comparing it with the
+# record's GT answer, so these categories are genuinely checked for short answers, whatever a
+# judge can see in long answers (the report needs this to call no counted category unchecked).
+SHORT_ANSWER_CATEGORIES: frozenset[str] = frozenset(
+    {"object_identity", "object_attribute", "object_actions", "object_locations",
+     "relative_positions"})
+
 
 def _short_category(task: str | None, question: str) -> str:
     """Codebook category of a wrong short answer, from its task or its question's wording.
 
     Free-form VQA questions that name no checkable aspect fall back to object identity (the
-    answer names the wrong thing), documented as such in the report.
+    answer names the wrong thing). Every key returned is in :data:`SHORT_ANSWER_CATEGORIES`.
     """
     q = question.lower()
     rel = re.search(r"\b(left|right) of\b|\babove\b|\bbelow\b", q)
@@ -814,11 +842,18 @@ class AnnotationJudge:
       and every instance pair clearly the other way (bbox centres, ``relation_margin``);
     * ``background_knowledge``: the answer names another theme's scene word ("in a kitchen")
       when the image's theme is different.
+
+    Short answers are compared with the record's GT answer (:func:`short_answer_errors`); their
+    categories (:data:`SHORT_ANSWER_CATEGORIES`) include ``object_actions``, which is checked
+    for short answers only.
     """
 
     name = "annotation"
     checkable_categories = frozenset({"object_identity", "object_attribute", "object_locations",
                                       "relative_positions", "background_knowledge"})
+    # Short answers are compared with the GT answer: this adds object_actions ("What is the dog
+    # doing?"), which annotations cannot check in a long answer.
+    short_answer_categories = SHORT_ANSWER_CATEGORIES
 
     def __init__(self, cfg: NsftDataConfig | None = None):
         self.cfg = cfg or NsftDataConfig()
@@ -1210,6 +1245,7 @@ class LLMJudge:
 
     name = "llm"
     checkable_categories = frozenset(CATEGORY_KEYS)
+    short_answer_categories = SHORT_ANSWER_CATEGORIES
 
     def __init__(self, client: Any = None, *, cfg: NsftDataConfig | None = None,
                  api_key: str | None = None):
@@ -1562,16 +1598,21 @@ def _ratio(yes: int, no: int) -> float | None:
 def balance_yes_no(convs: list[list[QA]], target: float, rng: random.Random) -> dict:
     """Erase random constructed "No" pairs until yes / (yes + no) >= ``target`` (Sec. C.5).
 
-    Erases the fewest pairs that reach the target, so one pair fewer would miss it. The last
-    remaining constructed pair of a conversation is never erased; kept GT pairs and doubled
-    pairs are neither counted nor erased (:func:`_balanced`). Works in place; returns
-    ``{erased, reached, needed}`` (``needed`` None when no "Yes" exists to balance with).
+    Erasing "No" pairs can only raise the "Yes" share, so ``target`` is a *minimum* "Yes"
+    share: a share already at or above it is left alone (``already_above``; nothing is erased
+    and nothing is added). Otherwise erases the fewest pairs that reach the target, so one pair
+    fewer would miss it. The last remaining constructed pair of a conversation is never erased;
+    kept GT pairs and doubled pairs are neither counted nor erased (:func:`_balanced`). Works
+    in place; returns ``{erased, reached, needed, already_above}`` (``needed`` None when no
+    "Yes" exists to balance with).
     """
     yes, no = _yes_no_counts(convs)
-    if target <= 0 or yes + no == 0 or _ratio(yes, no) >= target:
-        return {"erased": 0, "reached": True, "needed": 0}
+    if target <= 0 or yes + no == 0:
+        return {"erased": 0, "reached": True, "needed": 0, "already_above": False}
+    if _ratio(yes, no) >= target:
+        return {"erased": 0, "reached": True, "needed": 0, "already_above": True}
     if yes == 0:
-        return {"erased": 0, "reached": False, "needed": None}
+        return {"erased": 0, "reached": False, "needed": None, "already_above": False}
     # yes / (yes + no - k) >= target  <=>  k >= yes + no - yes / target
     need = max(0, math.ceil(yes + no - yes / target - 1e-9))
     cands = [(ci, id(q)) for ci, qas in enumerate(convs) for q in qas
@@ -1589,7 +1630,8 @@ def balance_yes_no(convs: list[list[QA]], target: float, rng: random.Random) -> 
                 del qas[j]
                 erased += 1
                 break
-    return {"erased": erased, "reached": erased >= need, "needed": need}
+    return {"erased": erased, "reached": erased >= need, "needed": need,
+            "already_above": False}
 
 
 def _add_yes_pairs(built: list["_Built"], target: float, rng: random.Random) -> int:
@@ -1765,12 +1807,20 @@ def build_nsft_data(records: Sequence[dict], answers: Any, gt: GroundTruth | Non
             per_cat[e.category] = per_cat.get(e.category, 0) + 1
             if e.level in per_level:
                 per_level[e.level] += 1
-    checkable = sorted(getattr(judge, "checkable_categories", CATEGORY_KEYS))
+    long_checked = set(getattr(judge, "checkable_categories", CATEGORY_KEYS))
+    short_checked = set(getattr(judge, "short_answer_categories", ()))
+    # Three disjoint lists covering the codebook: a category the judge tags short answers with
+    # is checked (against the GT answer) even when long answers cannot show it, so it must not
+    # be listed as unchecked next to its error count.
+    checkable = sorted(long_checked | short_checked)
+    short_only = [k for k in CATEGORY_KEYS if k in short_checked and k not in long_checked]
     reasons = Counter(s["reason"].split(":")[0] for s in skipped)
     notes = judge.notes(gt) if hasattr(judge, "notes") else []
     report = {
         "judge": getattr(judge, "name", type(judge).__name__),
         "checkable_categories": checkable,
+        # Subset of checkable_categories: checked for short answers (vs. the GT answer) only.
+        "checked_short_answers_only": short_only,
         "unchecked_categories": [k for k in CATEGORY_KEYS if k not in checkable],
         "checks_skipped": notes,
         "n_records": len(records),
@@ -1789,10 +1839,14 @@ def build_nsft_data(records: Sequence[dict], answers: Any, gt: GroundTruth | Non
         "llm_unparsed": len(unparsed),
         "llm_unparsed_ids": unparsed,
         "yes_no": {
+            # A minimum "Yes" share: balancing only erases "No" pairs (see balance_yes_no).
             "target": cfg.yes_ratio_target,
             "before": {"yes": yes0, "no": no0, "yes_ratio": _ratio(yes0, no0)},
             "after": {"yes": yes1, "no": no1, "yes_ratio": _ratio(yes1, no1)},
             "erased_no_pairs": bal["erased"], "added_yes_pairs": added,
+            # True: the share was at or above the target before balancing, so it was left as
+            # is (a 0.79 share with target 0.5 stays 0.79; nothing is erased or added).
+            "already_above_target": bal["already_above"],
             # Doubled pairs of short answers: outside the balancing (see _balanced).
             "doubled": {"yes": dyes, "no": dno},
             "reached": (_ratio(yes1, no1) is None or cfg.yes_ratio_target <= 0
@@ -1800,6 +1854,8 @@ def build_nsft_data(records: Sequence[dict], answers: Any, gt: GroundTruth | Non
         },
         "is_are": {"max_share": cfg.max_is_are_share, "rephrased": rephrased},
         "answers_truncated": truncated,
+        # n_pairs is a target: short LLM replies, small scenes and balancing leave fewer.
+        "n_pairs": cfg.n_pairs,
         "conversations_under_n_pairs": sum(1 for b in built if not b.short
                                            and len(b.qas) < cfg.n_pairs),
         "keep_gt": {"short": cfg.keep_gt_short, "long": cfg.keep_gt_long},
@@ -1843,17 +1899,23 @@ def report_markdown(report: Mapping) -> str:
         f"long {report['tasks']['long']})",
         f"- LLM replies unparsed: {report['llm_unparsed']}",
         f"- yes ratio: {pct(yn['before']['yes_ratio'])} -> {pct(yn['after']['yes_ratio'])} "
-        f"(target {yn['target']}, erased {yn['erased_no_pairs']} 'No' pairs, added "
-        f"{yn['added_yes_pairs']} 'Yes' pairs, reached: {yn['reached']})",
+        f"(minimum target {yn['target']}, erased {yn['erased_no_pairs']} 'No' pairs, added "
+        f"{yn['added_yes_pairs']} 'Yes' pairs, reached: {yn['reached']}"
+        f"{'; already at or above the target, left as is' if yn['already_above_target'] else ''})",
+        f"- long-answer conversations under the target of {report['n_pairs']} pairs: "
+        f"{report['conversations_under_n_pairs']}",
         f"- questions rephrased for the Is/Are limit: {report['is_are']['rephrased']}; answers "
         f"cut to the token limit: {report['answers_truncated']}", "",
         "## Errors per vision-error-codebook category (Fig. 9)", "",
         "| level | category | errors | checked by this judge |", "|---|---|---:|---|",
     ]
     checkable = set(report["checkable_categories"])
+    short_only = set(report["checked_short_answers_only"])
     for c in CODEBOOK:
+        checked = ("short answers only" if c.key in short_only else
+                   "yes" if c.key in checkable else "no (unchecked)")
         lines.append(f"| {c.level} | {c.name} | {report['errors_per_category'].get(c.key, 0)} "
-                     f"| {'yes' if c.key in checkable else 'no (unchecked)'} |")
+                     f"| {checked} |")
     if report["errors_per_category"].get(UNSPECIFIED):
         lines.append(f"| - | unspecified | {report['errors_per_category'][UNSPECIFIED]} | - |")
     if report["checks_skipped"]:
