@@ -304,6 +304,8 @@ def test_shift_cli_plots_before_vs_after(world, calibrated, tiny_clip_dir, tmp_p
                  "--image-root", str(w / "images"), "--out", str(out)]) == 0
     res = json.loads((out / "reward_shift.json").read_text())
     assert res["scores"]["n_after"] < res["scores"]["n_before"]
+    lo, hi = res["scores"]["shift_ci95"]
+    assert lo <= hi and "paired 95 % CI" in capsys.readouterr().out
     assert 0.0 <= res["neg_share_before"] <= 1.0
     for f in ("fig4_score_shift.png", "fig4_reward_shift.png"):
         assert (out / f).read_bytes()[:4] == b"\x89PNG"
@@ -338,3 +340,25 @@ def test_score_mentions_accepts_embeddings_or_images_by_id(world, calibrated, ti
     for r in rows:
         if r["hallucinated"] is not None:
             assert r["hallucinated"] == (r["category"] not in chair.gt_objects(r["image_id"]))
+
+
+def test_mean_shift_ci_resamples_answers_paired():
+    from visalign.methods.fisao_calibrate import mean_shift_ci
+
+    def rows(spec):
+        return [{"id": i, "score": x} for i, xs in spec.items() for x in xs]
+
+    # every answer's mentions move by +1: every resample gives exactly +1
+    before = rows({"a": [1.0, 1.0], "b": [3.0], "c": [5.0]})
+    after = rows({"a": [2.0, 2.0], "b": [4.0], "c": [6.0]})
+    assert mean_shift_ci(before, after) == pytest.approx([1.0, 1.0])
+    # half the answers move up, half down: the interval straddles 0
+    before = rows({str(i): [5.0] for i in range(40)})
+    after = rows({str(i): [6.0 if i % 2 else 4.0] for i in range(40)})
+    lo, hi = mean_shift_ci(before, after)
+    assert lo < 0 < hi and hi - lo > 0.3
+    # an answer with no mention after training still counts (as none), and is resampled
+    lo, hi = mean_shift_ci(rows({"a": [1.0], "b": [9.0]}), rows({"a": [1.0]}))
+    assert lo <= -4.0 and hi == 0.0
+    with pytest.raises(ValueError):
+        mean_shift_ci([], [])

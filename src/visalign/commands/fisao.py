@@ -179,7 +179,8 @@ def _shift(args: argparse.Namespace) -> int:
                        image_root=args.image_root)
     sc = res["scores"]
     print(f"fisao shift: mean object score {sc['mean_before']:.4g} -> {sc['mean_after']:.4g} "
-          f"({sc['shift']:+.4g}; {sc['n_before']} -> {sc['n_after']} objects)")
+          f"({sc['shift']:+.4g}, paired 95 % CI [{sc['shift_ci95'][0]:+.3g}, "
+          f"{sc['shift_ci95'][1]:+.3g}]; {sc['n_before']} -> {sc['n_after']} objects)")
     if "rewards" in res:
         print(f"  negative-reward share {res['neg_share_before']:.2f} -> "
               f"{res['neg_share_after']:.2f}")

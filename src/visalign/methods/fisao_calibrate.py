@@ -373,6 +373,38 @@ def answer_scores(answers: list[dict], scorer: Any, entities: Any, root: Path,
     return rows
 
 
+def mean_shift_ci(before: list[dict], after: list[dict], n_boot: int = 2000, seed: int = 0,
+                  key: str = "score") -> list[float]:
+    """95 % interval of mean(after) − mean(before) over mentions, resampling the *answers*
+    (rows grouped by ``id``; the same ids in both, paired, as two models answer the same
+    prompts): mentions of one answer are not independent, so resampling them singly would make
+    the interval too narrow. An id missing on one side counts as an answer with no mention."""
+    import random
+
+    groups: dict[str, dict] = {"before": {}, "after": {}}
+    for name, rows in (("before", before), ("after", after)):
+        for r in rows:
+            g = groups[name].setdefault(str(r["id"]), [0.0, 0])
+            g[0] += r[key]
+            g[1] += 1
+    ids = sorted(set(groups["before"]) | set(groups["after"]))
+    if not ids:
+        raise ValueError("mean_shift_ci: no mentions on either side")
+    zero = [0.0, 0]
+    pairs = [(groups["before"].get(i, zero), groups["after"].get(i, zero)) for i in ids]
+    rng = random.Random(seed)
+    diffs = []
+    for _ in range(n_boot):
+        sb = nb = sa = na = 0.0
+        for _ in ids:
+            b, a = pairs[rng.randrange(len(pairs))]
+            sb, nb, sa, na = sb + b[0], nb + b[1], sa + a[0], na + a[1]
+        if nb and na:
+            diffs.append(sa / na - sb / nb)
+    diffs.sort()
+    return [diffs[int(0.025 * (len(diffs) - 1))], diffs[int(0.975 * (len(diffs) - 1))]]
+
+
 def reward_shift(before: str | os.PathLike, after: str | os.PathLike, out: str | os.PathLike, *,
                  verifier: str | os.PathLike, calibration: str | os.PathLike | None = None,
                  entities: str | os.PathLike | None = None, image_root: str = "",
@@ -383,7 +415,8 @@ def reward_shift(before: str | os.PathLike, after: str | os.PathLike, out: str |
     ``calibration`` its template is used and the rewards are plotted too; ``entities`` (an
     entities.json, default: the calibration's, else built) decides which words are objects.
     Writes ``out/fig4_score_shift.png`` (+ ``fig4_reward_shift.png``) and
-    ``out/reward_shift.json``; returns the latter's content.
+    ``out/reward_shift.json``; returns the latter's content, whose ``scores.shift_ci95`` is
+    the paired 95 % interval of the mean-score shift (:func:`mean_shift_ci`).
     """
     import torch
 
@@ -403,17 +436,19 @@ def reward_shift(before: str | os.PathLike, after: str | os.PathLike, out: str |
     ents = (EntitySet.load(ent_path) if ent_path and Path(ent_path).exists()
             else EntitySet.build())
     result: dict = {"before": str(before), "after": str(after)}
-    scores = {}
+    scores, rows = {}, {}
     for name, path in (("before", before), ("after", after)):
         recs = read_records(path)
         root = Path(image_root) if image_root else Path(path).parent
-        scores[name] = [r["score"] for r in answer_scores(recs, scorer, ents, root, path)]
+        rows[name] = answer_scores(recs, scorer, ents, root, path)
+        scores[name] = [r["score"] for r in rows[name]]
         result[f"n_{name}"] = len(recs)
         if not scores[name]:
             raise DataError(path, "no entity mentions in the answers")
     result["scores"] = plot_reward_shift(scores["before"], scores["after"],
                                          out / "fig4_score_shift.png",
                                          "Generated-object verifier scores", "S(object, image)")
+    result["scores"]["shift_ci95"] = mean_shift_ci(rows["before"], rows["after"])
     if calib is not None:
         rw = {k: normalized_reward(torch.tensor(v), calib).tolist() for k, v in scores.items()}
         result["rewards"] = plot_reward_shift(rw["before"], rw["after"],
