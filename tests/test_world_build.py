@@ -334,6 +334,8 @@ def test_config_validation_and_presets():
         world_config("tiny", overrides=["no_such_knob=1"])
     with pytest.raises(ConfigError):
         world_config("huge")
+    with pytest.raises(ConfigError, match="hallucination_sharpness"):
+        world_config("tiny", overrides=["hallucination_sharpness=-1"])
 
 
 def test_cli_world_build(tmp_path, capsys):

@@ -79,7 +79,8 @@ class WorldConfig:
     hallucination_rate: float = field(
         0.3, help="train only: share of detail descriptions that mention an absent object")
     hallucination_sharpness: float = field(
-        1.5, help="power on co-occurrence weights when picking the absent object")
+        1.5, help="power on co-occurrence weights when picking the absent object (0 = uniform "
+                  "over the absent categories)")
     omit_small_rate: float = field(
         0.5, help="train only: P(a small-only category is left out of a description)")
     description_order: str = field(
@@ -107,6 +108,11 @@ class WorldConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{name}: {v} is not a probability in [0, 1]")
+        if self.hallucination_sharpness < 0:
+            # a negative power turns zero co-occurrence weights into infinities and the pick
+            # silently lands on one category
+            raise ConfigError(f"hallucination_sharpness: {self.hallucination_sharpness} is "
+                              "negative (0 = uniform over absent categories)")
         if self.image_size < 16:
             raise ConfigError(f"image_size: {self.image_size} is below 16")
         if self.n_train < 0 or self.n_val < 0 or self.n_test < 0:
