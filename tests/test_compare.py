@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,9 @@ def tiny_grid(tiny_world_dir, tiny_base_dir, tmp_path_factory):
     scale = ClipScorer.from_pretrained(str(tiny_base_dir / "verifier")).scale
     Calibration(mu_gt=0.3 * scale, mu_hal=0.1 * scale, s_min=-scale, s_max=scale,
                 scale=scale).to_json(calib)
+    # a sentence-level sibling, which a reward_level=sentence run looks for next to it
+    Calibration(mu_gt=0.2 * scale, mu_hal=0.0, s_min=-scale, s_max=scale, scale=scale,
+                level="sentence").to_json(out.parent / "calibration_sentence.json")
     cfg = load_config(CompareConfig, ROOT / "configs" / "compare" / "tiny.yaml",
                       {"out": str(out), "world": str(tiny_world_dir),
                        "base_model": str(tiny_base_dir), "data_sizes": [8],
@@ -151,6 +155,9 @@ def test_tiny_grid_runs_every_method(tiny_grid):
     assert (out / "figures" / "chair_vs_base.png").exists()
     assert "figures/chair_vs_base.png" in report
     assert (out / "fisao_calibration" / "calibration.json").read_text() == calib_text(cfg)
+    sent = Path(cfg.fisao_calibration).parent / "calibration_sentence.json"
+    assert (out / "fisao_calibration" / "calibration_sentence.json").read_text() == \
+        sent.read_text()
     assert (out / "config.yaml").exists()
 
 

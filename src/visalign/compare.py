@@ -277,6 +277,12 @@ def run_compare(cfg: CompareConfig) -> dict:
     if "fisao" in cfg.methods and cfg.fisao_calibration:
         calib_dir.mkdir(exist_ok=True)
         shutil.copyfile(cfg.fisao_calibration, calib_dir / "calibration.json")
+        # its siblings too: FiSAO looks for the sentence-level calibration (reward_level=
+        # sentence) and the entity set next to calibration.json
+        for name in ("calibration_sentence.json", "entities.json"):
+            sib = Path(cfg.fisao_calibration).parent / name
+            if sib.exists():
+                shutil.copyfile(sib, calib_dir / name)
     elif "fisao" in cfg.methods:
         st.run("fisao-calibrate", lambda: _calibrate(world, base, calib_ids, calib_dir, cfg),
                done=(calib_dir / "calibration.json").exists())
