@@ -7,14 +7,28 @@ CHAIR_s 20-60 %, CHAIR_i 5-25 %, recall >= 50 %, POPE accuracy 65-92 % with
 adversarial < popular <= random, and the verifier's AUROC >= 0.85 for "a photo of a {object}".
 
     python benchmarks/bench_microworld.py --out runs/microworld [--preset small] [key=value ...]
+
+It also hashes the trained weights (``weights_sha256``). With the small preset, seed 0 and no
+overrides that is the packaged base's recipe, and ``matches_packaged`` says whether the
+retrained model and verifier are byte-identical to the shipped ones (#4: "reproducible
+bit-for-bit by the command"). Run it alone on the machine: the stage times are wall-clock.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
+
+WEIGHT_FILES = ("model.safetensors", "verifier/model.safetensors")
+
+
+def weight_hashes(model_dir: Path) -> dict[str, str]:
+    """sha256 of the model's and the verifier's weight files."""
+    return {f: hashlib.sha256((model_dir / f).read_bytes()).hexdigest() for f in WEIGHT_FILES
+            if (model_dir / f).exists()}
 
 TARGETS = {
     "chair_s": (0.20, 0.60), "chair_i": (0.05, 0.25), "recall": (0.50, 1.0),
@@ -57,7 +71,14 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": checks,
         "pope_order_adv<pop<=rand": order_ok,
         "all_ok": all(c["ok"] for c in checks.values()) and order_ok,
+        "weights_sha256": weight_hashes(model_dir),
     }
+    if args.preset == "small" and args.seed == 0 and not args.overrides:
+        from visalign.compare import packaged_base_dir
+
+        shipped = weight_hashes(packaged_base_dir())
+        report["packaged_sha256"] = shipped
+        report["matches_packaged"] = bool(shipped) and shipped == report["weights_sha256"]
     print(json.dumps(report, indent=2))
     return report
 
