@@ -49,3 +49,31 @@ def test_a_clear_improvement_excludes_zero_and_a_small_one_does_not():
 def test_no_common_caption_is_a_clear_error():
     with pytest.raises(ValueError, match="in common"):
         paired_chair_bootstrap([_cap(1, 0, 1)], [_cap(2, 0, 1)])
+
+
+def test_ratio_shift_ci_matches_the_chair_i_interval_on_the_same_resamples():
+    from visalign.eval.significance import paired_ratio_shift_ci
+
+    base = [_cap(i, i % 3 == 0, 2 + i % 2) for i in range(60)]
+    other = [_cap(i, i % 5 == 0, 2) for i in range(60)]
+    r = paired_chair_bootstrap(base, other, n_boot=400, seed=3)
+    def units(caps):  # in paired_chair_bootstrap's unit order (keys sorted as strings)
+        caps = sorted(caps, key=lambda c: str((c["image_id"], None)))
+        return [(sum(m["hallucinated"] for m in c["mentions"]), len(c["mentions"])) for c in caps]
+
+    ci = paired_ratio_shift_ci(units(base), units(other), n_boot=400, seed=3)
+    assert ci == pytest.approx(r["ci"]["chair_i"])
+
+
+def test_ratio_shift_ci_weights_units_by_count_and_refuses_bad_input():
+    from visalign.eval.significance import paired_ratio_shift_ci
+
+    # every unit's items move by +1: every resample gives +1, whatever the counts
+    assert paired_ratio_shift_ci([(3, 3), (10, 2)], [(6, 3), (12, 2)], n_boot=50) == \
+        pytest.approx([1.0, 1.0])
+    with pytest.raises(ValueError):
+        paired_ratio_shift_ci([(1, 1)], [(1, 1), (2, 1)])
+    with pytest.raises(ValueError):
+        paired_ratio_shift_ci([], [])
+    with pytest.raises(ValueError):
+        paired_ratio_shift_ci([(0, 0)], [(1, 1)])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-__all__ = ["paired_chair_bootstrap"]
+__all__ = ["paired_chair_bootstrap", "paired_ratio_shift_ci"]
 
 
 def _per_image(captions: Sequence[Mapping]) -> dict[Any, tuple[int, int, int]]:
@@ -67,3 +67,31 @@ def paired_chair_bootstrap(base: Sequence[Mapping], other: Sequence[Mapping], *,
         "p_lower": {k: float((deltas[:, j] < 0).mean()) for j, k in enumerate(names)},
         "level": level, "n_boot": n_boot,
     }
+
+
+def paired_ratio_shift_ci(base: Sequence[Sequence[float]], other: Sequence[Sequence[float]], *,
+                          n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile interval of ``sum(num_o)/sum(den_o) − sum(num_b)/sum(den_b)`` under a paired
+    bootstrap over units (answers, images).
+
+    ``base``/``other``: one ``(num, den)`` pair per unit, aligned (row k of both is the same
+    unit). A ratio of sums, such as the mean verifier score of all mentions or CHAIR_i, weights
+    each unit by its count, and its units' items are not independent: resampling the units keeps
+    both facts. Resamples where either side has a zero denominator are dropped.
+    """
+    import numpy as np
+
+    A = np.asarray(base, dtype=float).reshape(-1, 2)
+    B = np.asarray(other, dtype=float).reshape(-1, 2)
+    if len(A) != len(B):
+        raise ValueError(f"paired_ratio_shift_ci: {len(A)} base units against {len(B)} other")
+    if not len(A):
+        raise ValueError("paired_ratio_shift_ci: no units")
+    idx = np.random.default_rng(seed).integers(0, len(A), size=(n_boot, len(A)))
+    sa, sb = A[idx].sum(axis=1), B[idx].sum(axis=1)  # (n_boot, 2): summed num, den
+    ok = (sa[:, 1] > 0) & (sb[:, 1] > 0)
+    if not ok.any():
+        raise ValueError("paired_ratio_shift_ci: every resample has a side with no items")
+    diffs = sb[ok, 0] / sb[ok, 1] - sa[ok, 0] / sa[ok, 1]
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return [float(np.percentile(diffs, lo)), float(np.percentile(diffs, hi))]

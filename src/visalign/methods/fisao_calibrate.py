@@ -378,31 +378,23 @@ def mean_shift_ci(before: list[dict], after: list[dict], n_boot: int = 2000, see
     """95 % interval of mean(after) − mean(before) over mentions, resampling the *answers*
     (rows grouped by ``id``; the same ids in both, paired, as two models answer the same
     prompts): mentions of one answer are not independent, so resampling them singly would make
-    the interval too narrow. An id missing on one side counts as an answer with no mention."""
-    import random
+    the interval too narrow. An id missing on one side counts as an answer with no mention.
+    The bootstrap is :func:`visalign.eval.significance.paired_ratio_shift_ci`."""
+    from visalign.eval.significance import paired_ratio_shift_ci
 
-    groups: dict[str, dict] = {"before": {}, "after": {}}
+    sums: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
     for name, rows in (("before", before), ("after", after)):
         for r in rows:
-            g = groups[name].setdefault(str(r["id"]), [0.0, 0])
+            g = sums[name].setdefault(str(r["id"]), [0.0, 0.0])
             g[0] += r[key]
             g[1] += 1
-    ids = sorted(set(groups["before"]) | set(groups["after"]))
+    ids = sorted(set(sums["before"]) | set(sums["after"]))
     if not ids:
         raise ValueError("mean_shift_ci: no mentions on either side")
-    zero = [0.0, 0]
-    pairs = [(groups["before"].get(i, zero), groups["after"].get(i, zero)) for i in ids]
-    rng = random.Random(seed)
-    diffs = []
-    for _ in range(n_boot):
-        sb = nb = sa = na = 0.0
-        for _ in ids:
-            b, a = pairs[rng.randrange(len(pairs))]
-            sb, nb, sa, na = sb + b[0], nb + b[1], sa + a[0], na + a[1]
-        if nb and na:
-            diffs.append(sa / na - sb / nb)
-    diffs.sort()
-    return [diffs[int(0.025 * (len(diffs) - 1))], diffs[int(0.975 * (len(diffs) - 1))]]
+    zero = [0.0, 0.0]
+    return paired_ratio_shift_ci([sums["before"].get(i, zero) for i in ids],
+                                 [sums["after"].get(i, zero) for i in ids],
+                                 n_boot=n_boot, seed=seed)
 
 
 def reward_shift(before: str | os.PathLike, after: str | os.PathLike, out: str | os.PathLike, *,
