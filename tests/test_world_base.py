@@ -33,7 +33,10 @@ def test_tiny_base_end_to_end(tiny_base_dir):
         if hasattr(vlm, "image_size") else Image.new("RGB", (64, 64))
     (ans,) = vlm.generate([img], ["Describe this image in detail."], max_new_tokens=16)
     assert ans.strip(), "the tiny base model should write something"
-    assert (tiny_base_dir / "base_config.yaml").exists()
+    import yaml
+
+    saved = yaml.safe_load((tiny_base_dir / "base_config.yaml").read_text())
+    assert saved["scene_order"] == "category"   # auto, resolved to the tiny world's order
 
 
 def test_base_stages_resume(tiny_world_dir, tiny_base_dir, tmp_path):
@@ -290,6 +293,25 @@ def test_scene_text_reading_order():
     assert len(shuffled) > 1
     assert scene_text("kitchen", anns, names, random.Random(3)) == scene_text(
         "kitchen", anns, names, random.Random(3))
+
+
+def test_scene_order_auto_follows_the_worlds_description_order():
+    """scene_order=auto takes the order of the world's descriptions (salience -> random, and a
+    world whose config predates description_order is salience-ordered); an explicit order wins."""
+    from types import SimpleNamespace
+
+    from visalign.world.base import base_config, resolve_scene_order
+
+    cfg = base_config("tiny")
+    assert cfg.scene_order == "auto"
+    for order, want in (("category", "category"), ("rank", "rank"), ("reading", "reading"),
+                        ("salience", "random")):
+        world = SimpleNamespace(meta={"config": {"description_order": order}})
+        assert resolve_scene_order(cfg, world).scene_order == want
+    assert resolve_scene_order(cfg, SimpleNamespace(meta={"config": {}})).scene_order == "random"
+    explicit = base_config("tiny", ["scene_order=reading"])
+    world = SimpleNamespace(meta={"config": {"description_order": "category"}})
+    assert resolve_scene_order(explicit, world).scene_order == "reading"
 
 
 def test_base_with_packed_turns(tiny_world_dir, tiny_base_dir, tmp_path):

@@ -373,8 +373,7 @@ def test_text_is_deterministic_per_rng():
 
 def test_reading_order_descriptions(tiny, tmp_path):
     """`description_order=reading` names objects top row first, left to right, with the same
-    images, annotations and objects named; the default (salience) world is unchanged by the
-    option's existence (its files equal the fixture's)."""
+    images, annotations and objects named as the default (category-order) world."""
     out, _ = tiny
     reading = tmp_path / "reading"
     build_world(world_config("tiny", seed=7, overrides=["description_order=reading",

@@ -93,12 +93,13 @@ class BaseModelConfig:
         "(teaches the LM to read its context); 'answers' = the answers alone (language only)")
     lookup_per_image: int = field(
         6, help="extra yes/no existence questions per training image in the 'scene' LM text")
-    scene_order: Literal["random", "reading", "category", "rank"] = field(
-        "random", help="object order of the 'scene' LM text: 'random' (position in the list "
-        "means nothing), 'reading' (rows of the 3x3 grid top to bottom, then left to right, "
-        "the order of the image's patch tokens and of a world built with "
-        "description_order=reading), 'category' or 'rank' (the fixed orders of a world built "
-        "with that description_order)")
+    scene_order: Literal["auto", "random", "reading", "category", "rank"] = field(
+        "auto", help="object order of the 'scene' LM text: 'auto' = the order of the world's "
+        "descriptions (its description_order: category, rank or reading; 'random' for a "
+        "salience world), 'random' (position in the list means nothing), 'reading' (rows of the "
+        "3x3 grid top to bottom, then left to right, the order of the image's patch tokens and "
+        "of a world built with description_order=reading), 'category' or 'rank' (the fixed "
+        "orders of a world built with that description_order)")
     pack_turns: bool = field(
         False, help="train each stage on one multi-turn conversation per image (its records "
         "in a seeded random order, like LLaVA-665K) instead of one sequence per record: the "
@@ -120,7 +121,10 @@ class BaseModelConfig:
     stage1_tasks: str = field(
         "caption,existence", help="instruction tasks of LLaVA stage 1 (projector alignment)")
     stage1: StageSettings = field(default_factory=lambda: StageSettings(2.0, 2e-3, 32))
-    stage2: StageSettings = field(default_factory=lambda: StageSettings(1.0, 3e-4, 32))
+    # 3 epochs: after 1 the base scored the same on its training images as on held-out ones
+    # (under-fit); 3 cut CHAIR by a quarter and raised POPE F1 3-4 points (stop 23,
+    # benchmarks/results/base_stage2_epochs.json)
+    stage2: StageSettings = field(default_factory=lambda: StageSettings(3.0, 3e-4, 32))
     eval: EvalSettings = field(default_factory=EvalSettings)
     stop_after: Literal["", "clip", "lm_pretrain", "stage1"] = field(
         "", help="end after this stage (its outputs stay in OUT.stages/, a later run without "
@@ -153,6 +157,20 @@ def base_config(preset: str = "small", overrides: Any = ()) -> BaseModelConfig:
     if preset == "tiny":
         cfg = load_config(BaseModelConfig, None, {**TINY_OVERRIDES, "preset": "tiny"}, base=cfg)
     return load_config(BaseModelConfig, None, overrides, base=cfg)
+
+
+# The scene text lists objects in the order the world's descriptions name them.
+SCENE_ORDER_OF_DESCRIPTION_ORDER = {"salience": "random", "reading": "reading",
+                                    "category": "category", "rank": "rank"}
+
+
+def resolve_scene_order(cfg: BaseModelConfig, world: Any) -> BaseModelConfig:
+    """``scene_order=auto`` -> the order of ``world``'s descriptions (worlds built before
+    description_order existed are salience-ordered)."""
+    if cfg.scene_order != "auto":
+        return cfg
+    order = world.meta["config"].get("description_order", "salience")
+    return dataclasses.replace(cfg, scene_order=SCENE_ORDER_OF_DESCRIPTION_ORDER[order])
 
 
 def _world_texts(world: Any) -> list[str]:
@@ -259,6 +277,7 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
 
     packed = packed_stages(cfg)     # a typo fails here, before any training
     world = load_world(cfg.world)
+    cfg = resolve_scene_order(cfg, world)   # the saved config says which order was used
     out = Path(cfg.out)
     work = out.parent / (out.name + ".stages")
     work.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,7 @@ class TextParams:
     hallucination_rate: float = 0.3
     hallucination_sharpness: float = 1.5
     omit_small_rate: float = 0.5
-    description_order: str = "salience"
+    description_order: str = "category"
     relation_sentence_prob: float = 0.7
     count_sentence_prob: float = 0.5
     detail_per_image: int = 1
