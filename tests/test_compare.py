@@ -194,3 +194,25 @@ def test_grid_resumes_only_unfinished_cells(tiny_grid):
     again = run_compare(cfg)
     assert (out / "cells" / "cont-sft-8" / "train" / "model" / "config.json").exists()
     assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in first["rows"]]
+
+
+def test_bench_significance_pairs_two_cells(tiny_grid):
+    """`bench_significance.py --pairs REF:OTHER` compares two cells on the same prompts: a
+    cell against itself is a zero change; a malformed pair is refused."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_significance", Path(__file__).parents[1] / "benchmarks" / "bench_significance.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg, _ = tiny_grid
+    rep = bench.main(["--grid", cfg.out, "--n-boot", "50",
+                      "--pairs", "cont-sft-8:nsft-8", "nsft-8:nsft-8"])
+    ab, same = rep["pairs"]
+    assert (ab["ref"], ab["other"]) == ("cont-sft-8", "nsft-8") and ab["n"] > 0
+    lo, hi = ab["ci95_chair"]
+    assert lo <= ab["delta_chair"] <= hi
+    assert same["delta_chair"] == 0 and same["ci95_chair"] == [0.0, 0.0]
+    with pytest.raises(SystemExit, match="REF:OTHER"):
+        bench.main(["--grid", cfg.out, "--pairs", "nsft-8"])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -36,14 +36,12 @@ def test_packaged_base_was_trained_with_the_current_small_recipe():
     from visalign.compare import packaged_base_dir
     from visalign.config import config_to_dict
     from visalign.world import world_config
-    from visalign.world.base import SCENE_ORDER_OF_DESCRIPTION_ORDER, base_config
+    from visalign.world.base import base_config, resolve_scene_order
 
     shipped = yaml.safe_load((packaged_base_dir() / "base_config.yaml").read_text())
     # scene_order=auto is saved resolved, to the default world's description order
-    cfg = base_config("small")
-    cfg = dataclasses.replace(cfg, scene_order=SCENE_ORDER_OF_DESCRIPTION_ORDER[
-        world_config("small").description_order])
-    current = config_to_dict(cfg)
+    world = SimpleNamespace(meta={"config": config_to_dict(world_config("small"))})
+    current = config_to_dict(resolve_scene_order(base_config("small"), world))
     for key in ("world", "out", "visalign_version", "progress"):
         shipped.pop(key, None)
         current.pop(key, None)
