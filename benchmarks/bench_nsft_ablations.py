@@ -9,6 +9,8 @@ AUROC (``visalign.eval.grounding.yes_no_scores``): a shift of the mean with a st
 bias toward one answer, not lost grounding.
 
     python benchmarks/bench_nsft_ablations.py --demo demo_out --out runs/nsft_ablations [--size 300]
+    python benchmarks/bench_nsft_ablations.py --demo demo_out --out runs/nsft_seeds --size 600 \
+        --only 'seed1:sft.seed=1' 'seed2:sft.seed=2'         # trainer-seed spread
 """
 
 from __future__ import annotations
@@ -53,21 +55,32 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--demo", default="demo_out", help="finished `visalign demo` dir")
     ap.add_argument("--out", default="runs/nsft_ablations")
     ap.add_argument("--size", type=int, default=300)
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="run only these settings instead of the paper/GT/KL rows, each "
+                    "'name:key=value,...' where a key is sft.FIELD or nsft_data.FIELD (a dotted "
+                    "sub-field like sft.lora.r too), e.g. 'seed1:sft.seed=1' for a trainer seed")
+    ap.add_argument("--method", default="nsft", choices=["nsft", "cont-sft"],
+                    help="the grid method the settings apply to (cont-sft: its baseline rows)")
     args = ap.parse_args(argv)
 
     from visalign.compare import CompareConfig, run_compare
-    from visalign.config import config_to_dict, load_config
+    from visalign.config import _deep_merge, config_to_dict, load_config
 
     demo = Path(args.demo)
     base_cfg = load_config(CompareConfig, demo / "config.yaml")
+    # a demo dir holds its world and base; a compare run may have used outside ones
+    world = Path(base_cfg.world) if base_cfg.world else demo / "world"
+    base = Path(base_cfg.base_model) if base_cfg.base_model not in ("", "packaged") \
+        else demo / "base"
+    settings = SETTINGS if args.only is None else [_parse_setting(x) for x in args.only]
     rows, base_row, base_probe = [], None, None
-    for name, data_over, sft_over in SETTINGS:
+    for name, data_over, sft_over in settings:
         tag = "".join(ch if ch.isascii() and ch.isalnum() else "_" for ch in name).strip("_")
         d = dict(config_to_dict(base_cfg))
-        d.update(out=str(Path(args.out) / tag), world=str(demo / "world"),
-                 base_model=str(demo / "base"), methods=["nsft"], data_sizes=[args.size],
-                 progress=False, nsft_data={**base_cfg.nsft_data, **data_over},
-                 sft={**base_cfg.sft, **sft_over})
+        d.update(out=str(Path(args.out) / tag), world=str(world), base_model=str(base),
+                 methods=[args.method], data_sizes=[args.size], progress=False,
+                 nsft_data=_deep_merge(base_cfg.nsft_data, data_over),
+                 sft=_deep_merge(base_cfg.sft, sft_over))
         # the grid's commands print progress lines; stdout is this script's JSON alone
         with contextlib.redirect_stdout(sys.stderr):
             res = run_compare(load_config(CompareConfig, None, d))
@@ -76,18 +89,19 @@ def main(argv: list[str] | None = None) -> dict:
         cells = Path(d["out"]) / "cells"
         base_row = base_row or res["rows"][0]["metrics"]
         if base_probe is None:
-            base_probe = yes_no_probe(str(demo / "base"),
+            base_probe = yes_no_probe(str(base),
                                       cells / "base" / "eval" / "answers_pope_random.jsonl")
         m = res["rows"][1]["metrics"]
-        cell = cells / f"nsft-{args.size}"
-        rep = json.loads((cell / "nsft_data" / "report.json").read_text())
-        rows.append({"setting": name,
+        cell = cells / f"{args.method}-{args.size}"
+        rep_path = cell / "nsft_data" / "report.json"
+        rep = json.loads(rep_path.read_text()) if rep_path.exists() else None
+        rows.append({"setting": name, "model": str(cell / "train" / "model"),
                      **{k: round(m[k], 4) for k in ("chair", "chair_s", "chair_i", "recall",
                                                     "avg_len", "pope_f1", "qa_accuracy")},
                      "yes_no": yes_no_probe(str(cell / "train" / "model"),
                                             cell / "eval" / "answers_pope_random.jsonl"),
-                     "data_yes_ratio": rep["yes_no"]["after"]["yes_ratio"],
-                     "doubled_no_pairs": rep["yes_no"]["doubled"]["no"]})
+                     "data_yes_ratio": rep and rep["yes_no"]["after"]["yes_ratio"],
+                     "doubled_no_pairs": rep and rep["yes_no"]["doubled"]["no"]})
     keys = ["chair", "chair_s", "chair_i", "recall", "pope_f1"]
     head = "| setting | " + " | ".join(keys) + " | avg. words | yes log-odds | yes/no AUROC |"
     table = [head, "|---" * (len(keys) + 4) + "|",
@@ -100,10 +114,36 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"base": {**{k: round(base_row[k], 4) for k in keys + ["avg_len"]},
                        "yes_no": base_probe},
               "rows": rows, "table_md": "\n".join(table),
-              "command": f"python benchmarks/bench_nsft_ablations.py --demo {args.demo} "
-                         f"--out {args.out} --size {args.size}"}
+              "command": " ".join(["python benchmarks/bench_nsft_ablations.py", *map(
+                  _quote, argv if argv is not None else sys.argv[1:])])}
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return report
+
+
+def _parse_setting(spec: str) -> tuple[str, dict, dict]:
+    """'name:sft.seed=1,nsft_data.keep_gt_long=true' -> (name, nsft_data overrides, sft
+    overrides); values parsed as YAML scalars."""
+    import yaml
+
+    name, _, rest = spec.partition(":")
+    over: dict = {"sft": {}, "nsft_data": {}}
+    for kv in filter(None, rest.split(",")):
+        k, _, v = kv.partition("=")
+        parts = k.strip().split(".")
+        if len(parts) < 2 or parts[0] not in over or not all(parts):
+            raise SystemExit(f"{spec!r}: keys are sft.FIELD or nsft_data.FIELD, not {k!r}")
+        section, *parents, leaf = parts
+        node = over[section]
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(v)
+    return name, over["nsft_data"], over["sft"]
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
 
 
 if __name__ == "__main__":

@@ -216,3 +216,30 @@ def test_bench_significance_pairs_two_cells(tiny_grid):
     assert same["delta_chair"] == 0 and same["ci95_chair"] == [0.0, 0.0]
     with pytest.raises(SystemExit, match="REF:OTHER"):
         bench.main(["--grid", cfg.out, "--pairs", "nsft-8"])
+
+
+def test_bench_nsft_ablations_only_settings(tiny_grid, tmp_path):
+    """`bench_nsft_ablations.py --only NAME:sft.seed=S` retrains the grid's nSFT cell with one
+    override: with the grid's own seed it reproduces the cell; a key outside sft./nsft_data. is
+    refused."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_nsft_ablations",
+        Path(__file__).parents[1] / "benchmarks" / "bench_nsft_ablations.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg, res = tiny_grid
+    rep = bench.main(["--demo", cfg.out, "--out", str(tmp_path / "abl"), "--size", "8",
+                      "--only", "same:sft.seed=0"])
+    grid_cell = next(r["metrics"] for r in res["rows"]
+                     if (r["method"], r["data_size"]) == ("nsft", 8))
+    (row,) = rep["rows"]
+    assert row["setting"] == "same" and Path(row["model"]).is_dir()
+    for k in ("chair_s", "chair_i", "recall", "pope_f1"):
+        assert row[k] == round(grid_cell[k], 4)
+    assert bench._parse_setting("s:sft.lora.r=4,nsft_data.keep_gt_long=true") == (
+        "s", {"keep_gt_long": True}, {"lora": {"r": 4}})
+    with pytest.raises(SystemExit, match="sft.FIELD"):
+        bench._parse_setting("bad:lr=1e-4")
