@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -63,15 +64,12 @@ def main(argv: list[str] | None = None) -> dict:
                     help="the grid method the settings apply to (cont-sft: its baseline rows)")
     args = ap.parse_args(argv)
 
-    from visalign.compare import CompareConfig, run_compare
+    from visalign.compare import CompareConfig, grid_dirs, run_compare
     from visalign.config import _deep_merge, config_to_dict, load_config
 
     demo = Path(args.demo)
     base_cfg = load_config(CompareConfig, demo / "config.yaml")
-    # a demo dir holds its world and base; a compare run may have used outside ones
-    world = Path(base_cfg.world) if base_cfg.world else demo / "world"
-    base = Path(base_cfg.base_model) if base_cfg.base_model not in ("", "packaged") \
-        else demo / "base"
+    world, base = grid_dirs(base_cfg, demo)
     settings = SETTINGS if args.only is None else [_parse_setting(x) for x in args.only]
     rows, base_row, base_probe = [], None, None
     for name, data_over, sft_over in settings:
@@ -114,8 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"base": {**{k: round(base_row[k], 4) for k in keys + ["avg_len"]},
                        "yes_no": base_probe},
               "rows": rows, "table_md": "\n".join(table),
-              "command": " ".join(["python benchmarks/bench_nsft_ablations.py", *map(
-                  _quote, argv if argv is not None else sys.argv[1:])])}
+              "command": shlex.join(["python", "benchmarks/bench_nsft_ablations.py",
+                                     *(argv if argv is not None else sys.argv[1:])])}
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return report
 
@@ -123,27 +121,17 @@ def main(argv: list[str] | None = None) -> dict:
 def _parse_setting(spec: str) -> tuple[str, dict, dict]:
     """'name:sft.seed=1,nsft_data.keep_gt_long=true' -> (name, nsft_data overrides, sft
     overrides); values parsed as YAML scalars."""
-    import yaml
+    from visalign.config import parse_overrides
 
     name, _, rest = spec.partition(":")
-    over: dict = {"sft": {}, "nsft_data": {}}
-    for kv in filter(None, rest.split(",")):
-        k, _, v = kv.partition("=")
-        parts = k.strip().split(".")
-        if len(parts) < 2 or parts[0] not in over or not all(parts):
-            raise SystemExit(f"{spec!r}: keys are sft.FIELD or nsft_data.FIELD, not {k!r}")
-        section, *parents, leaf = parts
-        node = over[section]
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(v)
-    return name, over["nsft_data"], over["sft"]
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
+    items = [kv for kv in rest.split(",") if kv]
+    for kv in items:
+        section, dot, field = kv.partition("=")[0].strip().partition(".")
+        if section not in ("sft", "nsft_data") or not dot or not field:
+            raise SystemExit(f"{spec!r}: keys are sft.FIELD or nsft_data.FIELD, not "
+                             f"{kv.partition('=')[0]!r}")
+    over = parse_overrides(items)
+    return name, over.get("nsft_data", {}), over.get("sft", {})
 
 
 if __name__ == "__main__":

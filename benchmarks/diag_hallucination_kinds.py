@@ -29,18 +29,20 @@ import argparse
 import collections
 import json
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 KINDS = ("misnamed", "empty_spot", "no_region")
 
 
-def _region_phrases() -> list[tuple[str, str]]:
+@lru_cache(maxsize=1)
+def _region_phrases() -> tuple[tuple[str, str], ...]:
     """(phrase, region), longest phrase first, so 'in the top left corner' wins over 'top'."""
     from visalign.world.vocab import REGION_PHRASES
 
     out = [(p, r) for r, ps in REGION_PHRASES.items() for p in ps]
-    return sorted(out, key=lambda x: -len(x[0]))
+    return tuple(sorted(out, key=lambda x: -len(x[0])))
 
 
 def _sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -109,9 +111,10 @@ def _image_facts(world: Any, split: str) -> tuple[dict, dict, dict]:
     return objects, theme_of, shape_of
 
 
-def kinds_of_cell(chair_json: Path, world: Any, split: str) -> dict:
-    """Hallucinated objects per description by kind (and theme/glyph shares) for one eval."""
-    objects, theme_of, shape_of = _image_facts(world, split)
+def kinds_of_cell(chair_json: Path, facts: tuple[dict, dict, dict]) -> dict:
+    """Hallucinated objects per description by kind (and theme/glyph shares) for one eval;
+    ``facts`` = ``_image_facts`` of the split it evaluated."""
+    objects, theme_of, shape_of = facts
     caps = json.loads(chair_json.read_text())["captions"]
     counts: collections.Counter = collections.Counter()
     for cap in caps:
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--calibration", default="", help="a fisao_calibration dir (scores.jsonl)")
     args = ap.parse_args(argv)
 
-    from visalign.compare import CompareConfig
+    from visalign.compare import CompareConfig, grid_dirs
     from visalign.config import load_config
     from visalign.world import load_world
 
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.grid:
         grid = Path(args.grid)
         cfg = load_config(CompareConfig, grid / "config.yaml")
-        world = load_world(cfg.world or grid / "world")
+        world = load_world(grid_dirs(cfg, grid)[0])
         split, root, sub = cfg.eval.split, grid / "cells", Path("eval")
     else:
         world, split, root, sub = load_world(args.world), args.split, Path(args.evals), Path()
@@ -197,8 +200,9 @@ def main(argv: list[str] | None = None) -> dict:
                                  if (p / sub / "chair.json").exists())
     rep: dict = {"source": str(args.grid or args.evals), "world": str(world.root),
                  "split": split, "cells": {}}
+    facts = _image_facts(world, split)
     for c in cells:
-        rep["cells"][c] = kinds_of_cell(root / c / sub / "chair.json", world, split)
+        rep["cells"][c] = kinds_of_cell(root / c / sub / "chair.json", facts)
     if args.calibration:
         rep["verifier_by_kind"] = verifier_by_kind(Path(args.calibration), world)
     print(json.dumps(rep, indent=2))

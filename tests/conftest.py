@@ -3,7 +3,23 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("bench_x")`` -> the module ``benchmarks/bench_x.py`` (the benchmark
+    scripts are not a package)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -196,16 +196,10 @@ def test_grid_resumes_only_unfinished_cells(tiny_grid):
     assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in first["rows"]]
 
 
-def test_bench_significance_pairs_two_cells(tiny_grid):
+def test_bench_significance_pairs_two_cells(tiny_grid, load_benchmark):
     """`bench_significance.py --pairs REF:OTHER` compares two cells on the same prompts: a
     cell against itself is a zero change; a malformed pair is refused."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_significance", Path(__file__).parents[1] / "benchmarks" / "bench_significance.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_significance")
     cfg, _ = tiny_grid
     rep = bench.main(["--grid", cfg.out, "--n-boot", "50",
                       "--pairs", "cont-sft-8:nsft-8", "nsft-8:nsft-8"])
@@ -218,18 +212,11 @@ def test_bench_significance_pairs_two_cells(tiny_grid):
         bench.main(["--grid", cfg.out, "--pairs", "nsft-8"])
 
 
-def test_bench_nsft_ablations_only_settings(tiny_grid, tmp_path):
+def test_bench_nsft_ablations_only_settings(tiny_grid, tmp_path, load_benchmark):
     """`bench_nsft_ablations.py --only NAME:sft.seed=S` retrains the grid's nSFT cell with one
     override: with the grid's own seed it reproduces the cell; a key outside sft./nsft_data. is
     refused."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_nsft_ablations",
-        Path(__file__).parents[1] / "benchmarks" / "bench_nsft_ablations.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_nsft_ablations")
     cfg, res = tiny_grid
     rep = bench.main(["--demo", cfg.out, "--out", str(tmp_path / "abl"), "--size", "8",
                       "--only", "same:sft.seed=0"])

@@ -3,19 +3,14 @@ captions whose answers are known."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import pytest
 
 from visalign.eval.chair import Chair
 
 
-def _diag():
-    spec = importlib.util.spec_from_file_location(
-        "diag_hallucination_kinds",
-        Path(__file__).parents[1] / "benchmarks" / "diag_hallucination_kinds.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture
+def diag(load_benchmark):
+    return load_benchmark("diag_hallucination_kinds")
 
 
 def _caption(text: str, gt: list[str]) -> dict:
@@ -23,8 +18,7 @@ def _caption(text: str, gt: list[str]) -> dict:
     return chair.evaluate([{"image_id": 1, "caption": text}])["captions"][0]
 
 
-def test_kinds_by_region_and_naming():
-    diag = _diag()
+def test_kinds_by_region_and_naming(diag):
     # a cat at top left (never named right), a dog at the center (named right), nothing at the
     # bottom; the caption names a bird at the top left, a cup at the center, a car at the
     # bottom and a bus only in a relation
@@ -45,8 +39,7 @@ def test_kinds_by_region_and_naming():
     assert kinds["bus"]["kind"] == "no_region"
 
 
-def test_longest_region_phrase_wins_and_most_perceptual_reading_kept():
-    diag = _diag()
+def test_longest_region_phrase_wins_and_most_perceptual_reading_kept(diag):
     objects = [{"category": "cat", "region": "top left"}]
     shapes = {"cat": "circle", "bird": "star"}
     # "at the top left" must not read as "at the top" (no object there)

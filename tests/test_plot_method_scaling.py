@@ -3,26 +3,21 @@ written from a results JSON of that shape."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
+
+import pytest
 
 
-def _plot():
-    spec = importlib.util.spec_from_file_location(
-        "plot_method_scaling",
-        Path(__file__).parents[1] / "benchmarks" / "plot_method_scaling.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture
+def plot(load_benchmark):
+    return load_benchmark("plot_method_scaling")
 
 
 def _row(cell: str, rel: float, words: float = 40.0) -> dict:
     return {"cell": cell, "rel_change_chair": rel, "avg_len": words}
 
 
-def test_series_groups_by_method_size_and_seed():
-    plot = _plot()
+def test_series_groups_by_method_size_and_seed(plot):
     rows = [_row("fisao-600-seed2", -0.04), _row("fisao-600", -0.08),
             _row("fisao-600-seed1", -0.01), _row("cont-sft-300", 0.01),
             _row("nsft-1200-keep_gt_long", -0.14), _row("nsft-2400", 0.09, 16.0)]
@@ -33,8 +28,7 @@ def test_series_groups_by_method_size_and_seed():
     assert set(s["cont-sft"]) == {300}
 
 
-def test_figure_written(tmp_path):
-    plot = _plot()
+def test_figure_written(tmp_path, plot):
     data = {"base_val": {"avg_len": 41.0},
             "val": [_row("nsft-300", -0.02), _row("nsft-600", -0.11, 38.0),
                     _row("nsft-600-seed1", -0.10), _row("fisao-600", -0.09)]}

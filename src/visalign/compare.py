@@ -214,6 +214,15 @@ def _trainer_cfg(kind: str, method: str, cfg: CompareConfig, flags: dict) -> Any
     return load_config(Cls, None, top, base=c)
 
 
+def grid_dirs(cfg: CompareConfig, out: str | Path) -> tuple[Path, Path]:
+    """(world dir, base model dir) of a grid written to ``out``: the config's own, or the ones
+    the grid builds (or installs, for the packaged base) inside ``out``."""
+    out = Path(out)
+    world = Path(cfg.world) if cfg.world else out / "world"
+    base = Path(cfg.base_model) if cfg.base_model not in ("", PACKAGED) else out / "base"
+    return world, base
+
+
 def run_compare(cfg: CompareConfig) -> dict:
     """Run (or resume) the grid; returns the ``results.json`` content."""
     from visalign.eval.suite import evaluate_model
@@ -233,7 +242,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     t_all = time.time()
 
     # 1. world
-    world_dir = Path(cfg.world) if cfg.world else out / "world"
+    world_dir, base = grid_dirs(cfg, out)
     if not cfg.world:
         st.run("world", lambda: build_world(world_config(cfg.world_preset, seed=cfg.seed),
                                             world_dir, overwrite=True, preset=cfg.world_preset,
@@ -242,7 +251,6 @@ def run_compare(cfg: CompareConfig) -> dict:
     world = load_world(world_dir)
 
     # 2. base model (trained here unless given), evaluated by the grid's own suite
-    base = Path(cfg.base_model) if cfg.base_model not in ("", PACKAGED) else out / "base"
     if cfg.base_model == PACKAGED:
         st.run("base (packaged)", lambda: install_packaged_base(world_dir, base),
                done=(base / "config.json").exists())
