@@ -75,6 +75,40 @@ def test_demo_config_is_sized_and_overridable():
     assert {"nsft", "fisao"} <= set(full.methods) and len(full.methods) >= 4
 
 
+
+def test_alignment_sizes_must_leave_room_for_fisao_calibration(tmp_path):
+    from visalign.compare import CompareConfig, check_alignment_sizes, run_compare
+
+    cfg = CompareConfig(data_sizes=[1200, 2400], calibration_images=300)
+    check_alignment_sizes(cfg, 2700)                        # exactly fits
+    with pytest.raises(ValueError, match="calibration images"):
+        check_alignment_sizes(cfg, 2699)
+    check_alignment_sizes(CompareConfig(data_sizes=[2400], methods=["nsft"]), 2400)
+    with pytest.raises(ValueError, match="> 2399 train"):
+        check_alignment_sizes(CompareConfig(data_sizes=[2400], methods=["nsft"]), 2399)
+    with pytest.raises(ValueError, match="positive"):
+        check_alignment_sizes(CompareConfig(data_sizes=[0, 300]), 3000)
+    # the grid refuses before building a world: a tiny world has 120 train images
+    with pytest.raises(ValueError, match="train images"):
+        run_compare(CompareConfig(out=str(tmp_path / "g"), world_preset="tiny",
+                                  data_sizes=[200]))
+    assert not (tmp_path / "g" / "world").exists()
+
+
+@pytest.mark.parametrize("name", ["microworld.yaml", "tiny.yaml", "demo.yaml"])
+def test_shipped_grid_configs_fit_their_worlds_train_split(name):
+    from importlib import resources
+
+    from visalign.compare import CompareConfig, check_alignment_sizes
+    from visalign.config import load_config
+    from visalign.world import world_config
+
+    root = Path(__file__).resolve().parents[1]
+    path = (Path(str(resources.files("visalign") / "resources" / "compare" / name))
+            if name == "demo.yaml" else root / "configs" / "compare" / name)
+    cfg = load_config(CompareConfig, path)
+    check_alignment_sizes(cfg, world_config(cfg.world_preset, seed=cfg.seed).n_train)
+
 def test_trainer_seed_is_the_grids_unless_an_override_names_one():
     from visalign.compare import CompareConfig, _trainer_cfg
 
@@ -119,6 +153,10 @@ def tiny_grid(tiny_world_dir, tiny_base_dir, tmp_path_factory):
     # a sentence-level sibling, which a reward_level=sentence run looks for next to it
     Calibration(mu_gt=0.2 * scale, mu_hal=0.0, s_min=-scale, s_max=scale, scale=scale,
                 level="sentence").to_json(out.parent / "calibration_sentence.json")
+    # and the report `visalign fisao calibrate` writes beside them, for the results' analysis
+    (out.parent / "calibration_report.json").write_text(json.dumps(
+        {"mu_gt": 0.3 * scale, "mu_hal": 0.1 * scale, "auroc_token": 0.9,
+         "auroc_sentence": 0.6}))
     cfg = load_config(CompareConfig, ROOT / "configs" / "compare" / "tiny.yaml",
                       {"out": str(out), "world": str(tiny_world_dir),
                        "base_model": str(tiny_base_dir), "data_sizes": [8],
@@ -159,6 +197,16 @@ def test_tiny_grid_runs_every_method(tiny_grid):
     assert (out / "fisao_calibration" / "calibration_sentence.json").read_text() == \
         sent.read_text()
     assert (out / "config.yaml").exists()
+    # a given calibration still gives the calibration summary and Fig. 4 (stop 26: both were
+    # skipped unless the grid had calibrated the verifier itself)
+    assert saved["analysis"]["calibration"]["auroc_token"] == 0.9
+    assert saved["analysis"]["calibration"]["mu_gt"] == pytest.approx(
+        json.loads(calib_text(cfg))["mu_gt"])
+    shift = json.loads((out / "fisao_shift" / "8" / "reward_shift.json").read_text())
+    assert "reward_shift_8" in saved["analysis"]
+    assert {k for k in shift if k.startswith(("neg_share", "pos_share"))} == \
+        set(saved["analysis"]["reward_shift_8"]) - {"score_mean_before", "score_mean_after",
+                                                    "reward_mean_before", "reward_mean_after"}
 
 
 def calib_text(cfg) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Literal
 
 from visalign.config import config_to_dict, field, load_config, save_run_config
 from visalign.eval.suite import EvalSettings
-from visalign.io import atomic_write_text, read_json, write_json
+from visalign.io import DataError, atomic_write_text, read_json, write_json
 
 METHODS = ("cont-sft", "nsft", "gt-dpo", "seva", "sima", "povid", "fisao")
 DPO_METHODS = ("gt-dpo", "seva", "sima", "povid")
@@ -53,7 +53,8 @@ class CompareConfig:
     base_preset: Literal["small", "tiny"] = field("small", help="base model preset when training")
     base_overrides: dict = field({}, help="overrides of the base model config (world base)")
     methods: list[str] = field(list(METHODS), help="methods of the grid")
-    data_sizes: list[int] = field([300, 600], help="alignment images per size (nested subsets)")
+    data_sizes: list[int] = field([1200, 2400], help="alignment images per size (nested "
+                                                     "subsets; configs/compare/microworld.yaml)")
     seed: int = field(0, help="seed of subset sampling and of every trainer")
     eval: EvalSettings = field(default_factory=EvalSettings)
     calibration_images: int = field(300, help="FiSAO calibration images (disjoint from the "
@@ -223,6 +224,21 @@ def grid_dirs(cfg: CompareConfig, out: str | Path) -> tuple[Path, Path]:
     return world, base
 
 
+def check_alignment_sizes(cfg: CompareConfig, n_train: int) -> None:
+    """Raise ``ValueError`` unless the grid's largest alignment set (plus FiSAO's calibration
+    images, which must stay disjoint from it) fits in ``n_train`` train images."""
+    sizes = sorted(set(cfg.data_sizes))
+    if not sizes:
+        return
+    if min(sizes) <= 0:
+        raise ValueError(f"data sizes must be positive, got {sizes}")
+    if sizes[-1] > n_train:
+        raise ValueError(f"data size {sizes[-1]} > {n_train} train images")
+    if "fisao" in cfg.methods and sizes[-1] + cfg.calibration_images > n_train:
+        raise ValueError(f"{sizes[-1]} alignment + {cfg.calibration_images} calibration images "
+                         f"> {n_train} train images")
+
+
 def run_compare(cfg: CompareConfig) -> dict:
     """Run (or resume) the grid; returns the ``results.json`` content."""
     from visalign.eval.suite import evaluate_model
@@ -244,6 +260,8 @@ def run_compare(cfg: CompareConfig) -> dict:
     # 1. world
     world_dir, base = grid_dirs(cfg, out)
     if not cfg.world:
+        # fail before minutes of world building, not after them
+        check_alignment_sizes(cfg, world_config(cfg.world_preset, seed=cfg.seed).n_train)
         st.run("world", lambda: build_world(world_config(cfg.world_preset, seed=cfg.seed),
                                             world_dir, overwrite=True, preset=cfg.world_preset,
                                             progress=cfg.progress),
@@ -273,11 +291,10 @@ def run_compare(cfg: CompareConfig) -> dict:
     data.mkdir(exist_ok=True)
     order = alignment_image_ids(world, cfg.seed)
     sizes = sorted(set(cfg.data_sizes))
-    if sizes and sizes[-1] > len(order):
-        raise ValueError(f"data size {sizes[-1]} > {len(order)} train images of {world_dir}")
-    if "fisao" in cfg.methods and sizes[-1] + cfg.calibration_images > len(order):
-        raise ValueError(f"{sizes[-1]} alignment + {cfg.calibration_images} calibration images "
-                         f"> {len(order)} train images")
+    try:
+        check_alignment_sizes(cfg, len(order))
+    except ValueError as e:
+        raise ValueError(f"{world_dir}: {e}") from None
     calib_ids = order[len(order) - cfg.calibration_images:]
 
     # 4. FiSAO's verifier calibration (once: it depends on the base model only)
@@ -287,7 +304,10 @@ def run_compare(cfg: CompareConfig) -> dict:
         shutil.copyfile(cfg.fisao_calibration, calib_dir / "calibration.json")
         # its siblings too: FiSAO looks for the sentence-level calibration (reward_level=
         # sentence) and the entity set next to calibration.json
-        for name in ("calibration_sentence.json", "entities.json"):
+        # and the calibration's report and figures, for the results' analysis and Fig. 1/2
+        for name in ("calibration_sentence.json", "entities.json", "calibration_report.json",
+                     "fig1a_token_scores.png", "fig1b_sentence_scores.png",
+                     "fig2a_sentence_vs_bleu.png", "fig2b_sentence_vs_rouge.png"):
             sib = Path(cfg.fisao_calibration).parent / name
             if sib.exists():
                 shutil.copyfile(sib, calib_dir / name)
@@ -334,6 +354,8 @@ def run_compare(cfg: CompareConfig) -> dict:
             if (calib_dir / fname).exists():
                 shutil.copyfile(calib_dir / fname, figs_dir / fname)
                 figures[caption] = f"figures/{fname}"
+    # Fig. 4 needs only calibration.json (a grid given fisao_calibration= may lack the report)
+    if "fisao" in cfg.methods and (calib_dir / "calibration.json").exists():
         for size in sizes:
             sdir = out / "fisao_shift" / str(size)
             shift = _reward_shift(world, base, cells / "base" / "eval",
@@ -512,9 +534,13 @@ def _reward_shift(world: Any, base: Path, before_dir: Path, after_dir: Path, cal
     fb, fa = before_dir / "answers_detail.jsonl", after_dir / "answers_detail.jsonl"
     if not (fa.exists() and fb.exists()):
         return None
-    return reward_shift(fb, fa, out, verifier=base / "verifier",
-                        calibration=calib_dir / "calibration.json",
-                        image_root=str(world.image_root))
+    try:
+        return reward_shift(fb, fa, out, verifier=base / "verifier",
+                            calibration=calib_dir / "calibration.json",
+                            image_root=str(world.image_root))
+    except DataError as e:  # e.g. a model that names no object: no Fig. 4, the grid goes on
+        print(f"[compare] Fig. 4 skipped: {e}", file=sys.stderr)
+        return None
 
 
 def demo_config(out: str, overrides: Any = ()) -> CompareConfig:
