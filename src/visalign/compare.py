@@ -33,6 +33,12 @@ from visalign.eval.suite import EvalSettings
 from visalign.io import DataError, atomic_write_text, read_json, write_json
 
 METHODS = ("cont-sft", "nsft", "gt-dpo", "seva", "sima", "povid", "fisao")
+# what `visalign fisao calibrate` plots beside calibration.json -> the report's caption
+CALIBRATION_FIGURES = {
+    "fig1a_token_scores.png": "Fig. 1a: token-level verifier scores",
+    "fig1b_sentence_scores.png": "Fig. 1b: sentence-level verifier scores",
+    "fig2a_sentence_vs_bleu.png": "Fig. 2a: sentence score vs BLEU-4",
+    "fig2b_sentence_vs_rouge.png": "Fig. 2b: sentence score vs ROUGE-L"}
 DPO_METHODS = ("gt-dpo", "seva", "sima", "povid")
 # Which alignment records each method consumes. nSFT (and its cont-SFT baseline) train on long
 # descriptions plus short answers, as the paper mixes LLaVA detail descriptions with OCRVQA;
@@ -261,8 +267,9 @@ def run_compare(cfg: CompareConfig) -> dict:
     world_dir, base = grid_dirs(cfg, out)
     if not cfg.world:
         # fail before minutes of world building, not after them
-        check_alignment_sizes(cfg, world_config(cfg.world_preset, seed=cfg.seed).n_train)
-        st.run("world", lambda: build_world(world_config(cfg.world_preset, seed=cfg.seed),
+        wcfg = world_config(cfg.world_preset, seed=cfg.seed)
+        check_alignment_sizes(cfg, wcfg.n_train)
+        st.run("world", lambda: build_world(wcfg,
                                             world_dir, overwrite=True, preset=cfg.world_preset,
                                             progress=cfg.progress),
                done=(world_dir / "world.json").exists())
@@ -306,8 +313,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         # sentence) and the entity set next to calibration.json
         # and the calibration's report and figures, for the results' analysis and Fig. 1/2
         for name in ("calibration_sentence.json", "entities.json", "calibration_report.json",
-                     "fig1a_token_scores.png", "fig1b_sentence_scores.png",
-                     "fig2a_sentence_vs_bleu.png", "fig2b_sentence_vs_rouge.png"):
+                     *CALIBRATION_FIGURES):
             sib = Path(cfg.fisao_calibration).parent / name
             if sib.exists():
                 shutil.copyfile(sib, calib_dir / name)
@@ -345,12 +351,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         analysis["calibration"] = {k: rep.get(k) for k in (
             "mu_gt", "mu_hal", "s_min", "s_max", "auroc_token", "auroc_sentence",
             "auroc_response", "n_gt", "n_hal")}
-        for name, fname, caption in (
-                ("token", "fig1a_token_scores.png", "Fig. 1a: token-level verifier scores"),
-                ("sentence", "fig1b_sentence_scores.png",
-                 "Fig. 1b: sentence-level verifier scores"),
-                ("bleu", "fig2a_sentence_vs_bleu.png", "Fig. 2a: sentence score vs BLEU-4"),
-                ("rouge", "fig2b_sentence_vs_rouge.png", "Fig. 2b: sentence score vs ROUGE-L")):
+        for fname, caption in CALIBRATION_FIGURES.items():
             if (calib_dir / fname).exists():
                 shutil.copyfile(calib_dir / fname, figs_dir / fname)
                 figures[caption] = f"figures/{fname}"
