@@ -5,17 +5,14 @@ and a 2-process (gloo) run against a 1-process run with the same global batch.""
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from _launch import launch_2proc
 from visalign.io import write_json
 from visalign.methods.fisao import (FisaoConfig, batch_logprobs, ppo_epoch, score_rollout,
                                     shaped_rewards, slice_batch, train_fisao)
@@ -335,12 +332,6 @@ def test_ppo_minibatches_give_the_same_update(tiny_llava_dir):
 # ----------------------------------------------------------------------------- 1 vs 2 processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _log(out: Path) -> list[dict]:
     return [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip()]
 
@@ -513,14 +504,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_proc_set
 
     two = root / "two"
     over = [f"{k}={v}" for k, v in args.items() if k not in ("model", "data", "image_root")]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"),
-           "--main_process_port", str(_free_port()),
-           "-m", "visalign.cli", "train", "fisao", "--model", args["model"],
-           "--data", args["data"], "--image-root", args["image_root"], "--out", str(two),
-           *over, "rollout_batch=2", "lora.r=4", "lora.alpha=8", "lora.dropout=0.0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    res = launch_2proc(["-m", "visalign.cli", "train", "fisao", "--model", args["model"],
+                        "--data", args["data"], "--image-root", args["image_root"],
+                        "--out", str(two), *over, "rollout_batch=2", "lora.r=4", "lora.alpha=8",
+                        "lora.dropout=0.0"], timeout=TIMEOUT)
     assert res.returncode == 0, res.stderr[-4000:]
     assert json.loads((two / "train_summary.json").read_text())["processes"] == 2
 

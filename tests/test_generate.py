@@ -11,7 +11,6 @@ import json
 import os
 import pkgutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _launch import launch_2proc
 from _tiny import solid_images
 from visalign.io import DataError, read_jsonl
 from visalign.models.generation import GenerationConfig, generate_answers, generation_hash
@@ -167,12 +167,6 @@ def test_seeded_sampling_is_reproducible(llava, tmp_path):
     assert "a.jsonl" in str(e.value)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_accelerate_launch_splits_without_duplicates_or_loss(
         tiny_llava_dir, clean, tmp_path):
     data = _write_data(tmp_path)
@@ -182,13 +176,9 @@ def test_two_process_accelerate_launch_splits_without_duplicates_or_loss(
     gen = generation_hash(GenerationConfig(max_new_tokens=MAX_NEW))
     out.write_text("".join(json.dumps({**r, "answer": clean[r["id"]], "model": "earlier",
                                        "gen": gen}) + "\n" for r in first3))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"),
-           "--main_process_port", str(_free_port()),
-           "-m", "visalign.cli", "generate", "--model", str(tiny_llava_dir), "--data", str(data),
-           "--out", str(out), "--batch-size", "2", "--max-new-tokens", str(MAX_NEW),
-           "--no-progress"]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    res = launch_2proc(["-m", "visalign.cli", "generate", "--model", str(tiny_llava_dir),
+                        "--data", str(data), "--out", str(out), "--batch-size", "2",
+                        "--max-new-tokens", str(MAX_NEW), "--no-progress"], timeout=TIMEOUT)
     assert res.returncode == 0, res.stderr[-4000:]
     # Both ranks ran, on disjoint halves of what was left.
     assert "rank 0/2: 5 of 9 records to answer (3 already done)" in res.stderr, res.stderr[-2000:]

@@ -273,14 +273,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_llava_d
     """`accelerate launch` on 2 CPU processes (gloo) with batch 1 each follows the 1-process
     run with batch 2: same losses, the same LR at every step (the scheduler steps once per
     synchronised step, not once per process) and the same weights."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
+    from _launch import launch_2proc
     from _tiny import solid_images
 
-    repo = Path(__file__).resolve().parents[1]
     root = tmp_path / "data"
     root.mkdir()
     recs = []
@@ -296,20 +291,13 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_llava_d
     one = train_sft(_cfg(tiny_llava_dir, root / "data.json", tmp_path / "one", batch_size=2,
                          **kw))
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     two = tmp_path / "two"
     over = [f"{k}={v}" for k, v in {**kw, "batch_size": 1, "log_every": 1, "progress": False,
                                      "lora.r": 4, "lora.alpha": 8}.items()
             if k != "image_root"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(repo / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port",
-           str(port), "-m", "visalign.cli", "train", "sft", "--model", str(tiny_llava_dir),
-           "--data", str(root / "data.json"), "--image-root", str(root), "--out", str(two),
-           *over]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    res = launch_2proc(["-m", "visalign.cli", "train", "sft", "--model", str(tiny_llava_dir),
+                        "--data", str(root / "data.json"), "--image-root", str(root),
+                        "--out", str(two), *over], timeout=300)
     assert res.returncode == 0, res.stderr[-4000:]
 
     log1, log2 = _log(tmp_path / "one"), _log(two)
