@@ -121,9 +121,13 @@ def main(argv: list[str] | None = None) -> dict:
                 evaluate_model(model, world, d, ev)
         return d
 
+    from visalign.compare import grid_dirs
     from visalign.eval.fluency import fluency_of_answers, world_vocabulary
 
-    vocab = world_vocabulary(world)
+    # the language the models were trained on, plus the evaluated world's: a fresh world built
+    # with few train images (n_train=30) lacks rarer words of the same generator ("close"),
+    # which would count as broken text
+    vocab = world_vocabulary(world) | world_vocabulary(load_world(grid_dirs(cfg, grid)[0]))
 
     def metrics(d: Path) -> dict:
         m = json.loads((d / "eval.json").read_text())["metrics"]
