@@ -192,6 +192,17 @@ def test_tiny_grid_runs_every_method(tiny_grid):
         assert d["ci"]["chair"][0] <= d["delta"]["chair"] + 1e-9 <= d["ci"]["chair"][1] + 2e-9
     assert (out / "figures" / "chair_vs_base.png").exists()
     assert "figures/chair_vs_base.png" in report
+    # and against the base cut to each cell's length: never longer than the cell, and a cell
+    # whose descriptions are the base's cut would sit at 0
+    matched = {d["cell"]: d for d in saved["analysis"]["chair_vs_length_matched_base"]}
+    assert set(matched) == set(deltas)
+    for r in res["rows"][1:]:
+        m = matched[f"{r['method']}-8"]
+        assert m["other"]["chair"] == pytest.approx(r["metrics"]["chair"])
+        assert m["base_cut"]["words"] <= m["other"]["words"] + 1e-9
+        assert m["base_cut"]["words"] <= base_m["avg_len"] + 1e-9
+        assert m["delta"]["chair"] == pytest.approx(m["other"]["chair"] - m["base_cut"]["chair"])
+    assert "figures/chair_vs_length_matched_base.png" in report
     assert (out / "fisao_calibration" / "calibration.json").read_text() == calib_text(cfg)
     sent = Path(cfg.fisao_calibration).parent / "calibration_sentence.json"
     assert (out / "fisao_calibration" / "calibration_sentence.json").read_text() == \

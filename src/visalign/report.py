@@ -132,8 +132,10 @@ def plot_methods(rows: list[dict], path: str | Path,
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_chair_deltas(deltas: list[dict], path: str | Path, metric: str = "chair") -> Path:
-    """Forest plot: each cell's CHAIR change against the base with its 95 % interval
+def plot_chair_deltas(deltas: list[dict], path: str | Path, metric: str = "chair",
+                      versus: str = "base") -> Path:
+    """Forest plot: each cell's CHAIR change against ``versus`` (the base, or the base cut to
+    the cell's length) with its 95 % interval
     (``deltas``: ``{"cell", "delta": {metric: x}, "ci": {metric: [lo, hi]}}``)."""
     import matplotlib
 
@@ -151,8 +153,8 @@ def plot_chair_deltas(deltas: list[dict], path: str | Path, metric: str = "chair
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(deltas)))
     ax.set_yticklabels([d["cell"] for d in reversed(deltas)])
-    ax.set_xlabel(f"{metric.upper().replace('_', ' ')} − base (points; < 0 is better), "
-                  "95 % paired bootstrap interval")
+    ax.set_xlabel(f"{metric.upper().replace('_', ' ')} − {versus} (points; < 0 is better)\n"
+                  "95 % paired bootstrap interval over images")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
