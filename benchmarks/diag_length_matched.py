@@ -29,18 +29,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args(argv)
 
-    from visalign.eval.chair import Chair, load_synonyms
     from visalign.eval.length_matched import caption_summary, chair_vs_length_matched_base
     from visalign.eval.significance import paired_chair_bootstrap
+    from visalign.eval.suite import world_chair
     from visalign.io import read_json
     from visalign.world import load_world
 
     def rounded(d: dict) -> dict:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
-    world = load_world(args.world)
-    chair = Chair.from_coco(world.instances_path(args.split),
-                            synonyms=load_synonyms(world.synonyms_path))
+    # the evaluation suite's ground truth (reference captions included), as in chair.json
+    chair = world_chair(load_world(args.world), args.split)
     base_caps = read_json(Path(args.base) / "chair.json")["captions"]
     rows = []
     for spec in args.cells:

@@ -431,14 +431,13 @@ def chair_vs_length_matched(cells: Path, names: list[str], world: Any, split: st
     descriptions shows up here as a change near 0. Cells without a CHAIR result are left out;
     no base result gives ``[]``. Each entry: ``cell`` plus
     :func:`~visalign.eval.length_matched.chair_vs_length_matched_base`'s fields."""
-    from visalign.eval.chair import Chair, load_synonyms
     from visalign.eval.length_matched import chair_vs_length_matched_base
+    from visalign.eval.suite import world_chair
 
     base = cells / "base" / "eval" / "chair.json"
     if not base.exists() or not names:
         return []
-    chair = Chair.from_coco(world.instances_path(split),
-                            synonyms=load_synonyms(world.synonyms_path))
+    chair = world_chair(world, split)   # the suite's ground truth, reference captions included
     base_caps = read_json(base)["captions"]
     out = []
     for name in names:

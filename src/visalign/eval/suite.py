@@ -61,6 +61,15 @@ def pope_questions_path(world: Any, split: str, pope_split: str, images: int, ne
     return Path(world.root) / "pope" / f"{split}_{pope_split}_{images}_{negatives}_{seed}.jsonl"
 
 
+def world_chair(world: Any, split: str) -> Any:
+    """The CHAIR evaluator the suite scores a world's ``split`` with: its instances, its
+    reference captions (CHAIR's ground truth includes objects they name) and its synonyms."""
+    from visalign.eval.chair import Chair, load_synonyms
+
+    return Chair.from_coco(world.instances_path(split), world.captions_path(split),
+                           load_synonyms(world.synonyms_path))
+
+
 def _generate(vlm: Any, records: list[dict], out: Path, settings: EvalSettings, *,
               max_new_tokens: int, id_key: str = "id", prompt_key: str = "prompt",
               image_root: str | Path = "") -> list[dict]:
@@ -80,7 +89,6 @@ def evaluate_model(vlm_or_path: Any, world: Any, out_dir: str | Path,
     ``world`` is a :class:`visalign.world.World`. Returns the result dict whose ``metrics``
     follow the shared result format.
     """
-    from visalign.eval.chair import Chair, load_synonyms
     from visalign.eval.pope import build_pope, score_pope
     from visalign.models import load_vlm
 
@@ -99,8 +107,7 @@ def evaluate_model(vlm_or_path: Any, world: Any, out_dir: str | Path,
         prompts = prompts[: settings.n_images]
     answers = _generate(vlm, prompts, out / "answers_detail.jsonl", settings,
                         max_new_tokens=settings.max_new_tokens, image_root=world.image_root)
-    chair = Chair.from_coco(world.instances_path(split), world.captions_path(split),
-                            load_synonyms(world.synonyms_path))
+    chair = world_chair(world, split)
     caps = [{"image_id": a["image_id"], "caption": a["answer"]} for a in answers]
     chair_res = chair.evaluate(caps)
     write_json(out / "chair.json", chair_res)
