@@ -51,10 +51,11 @@ def main(argv: list[str] | None = None) -> dict:
         ids = {c["image_id"] for c in cell}
         full = [c for c in base_caps if c["image_id"] in ids]
         vs_full = paired_chair_bootstrap(full, cell, n_boot=args.n_boot)
-        cut_chair, full_chair = vs_cut["base_cut"]["chair"], caption_summary(full)["chair"]
+        full_summary = caption_summary(full)
+        cut_chair, full_chair = vs_cut["base_cut"]["chair"], full_summary["chair"]
         rows.append({
             "cell": name, "cell_metrics": rounded(vs_cut["other"]),
-            "base_cut": rounded(vs_cut["base_cut"]), "base_full": rounded(caption_summary(full)),
+            "base_cut": rounded(vs_cut["base_cut"]), "base_full": rounded(full_summary),
             "delta_vs_cut": {k: round(v, 4) for k, v in vs_cut["delta"].items()},
             "ci95_vs_cut": {k: [round(x, 4) for x in v] for k, v in vs_cut["ci"].items()},
             "delta_vs_full": {k: round(v, 4) for k, v in vs_full["delta"].items()},

@@ -38,7 +38,7 @@ def launch_2proc(args: list[str], timeout: float, env: dict | None = None,
     port (OMP_NUM_THREADS=1); retried on a new port after a port failure, ``retries`` times."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            **(env or {})}
-    for attempt in range(retries + 1):
+    for _ in range(retries + 1):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"),
                "--main_process_port", str(free_port()), *args]
