@@ -9,6 +9,11 @@ implied seconds are close to the recorded stage times (``eval.json`` timings), t
 compute-bound and only fewer or shorter sequences, or a smaller model, can make it faster.
 
     python benchmarks/bench_base_compute.py --world W [--model M] [--steps 8]
+        [--padding-free [--capacity stage2=320]]
+
+``--padding-free`` also times each batch repacked by ``data.packing`` (the same batches,
+padded and packed steps alternating so machine noise hits both alike) and reports the speed-up
+and the implied stage seconds with ``padding_free=true``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ def main() -> int:
     import torch
 
     from visalign.compare import packaged_base_dir
+    from visalign.data.packing import pack_padded_batch
     from visalign.data.llava import load_llava_records
     from visalign.methods.sft import conversation_items, make_collate
     from visalign.models import load_vlm
@@ -41,9 +47,14 @@ def main() -> int:
                     "TrainConfig.mixed_precision=bf16 trains")
     ap.add_argument("--stages", default="lm_pretrain,stage1,stage2",
                     help="comma list of the stages to time")
+    ap.add_argument("--padding-free", action="store_true",
+                    help="also time the same batches packed without padding (data.packing)")
+    ap.add_argument("--capacity", nargs="*", default=[],
+                    help="STAGE=TOKENS packed row length per stage (default: longest sequence)")
     ap.add_argument("--count-batches", type=int, default=200,
                     help="random batches sampled to estimate padded positions")
     args = ap.parse_args()
+    capacity = {k: int(v) for k, v in (c.split("=", 1) for c in args.capacity)}
     cfg = base_config("small")
     model_dir = args.model or str(packaged_base_dir())
     world = load_world(args.world)
@@ -84,9 +95,9 @@ def main() -> int:
         set_trainable(model, trainable)
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-        times = []
-        for i in range(args.steps + 2):
-            b = collate([items[rng.randrange(len(items))] for _ in range(st.batch_size)])
+        times, packed_times, rows = [], [], []
+
+        def step(b: dict) -> float:
             t0 = time.perf_counter()
             cast = (torch.autocast("cpu", dtype=torch.bfloat16)
                     if args.mixed_precision == "bf16" else contextlib.nullcontext())
@@ -95,8 +106,21 @@ def main() -> int:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            return time.perf_counter() - t0
+
+        for i in range(args.steps + 2):
+            b = collate([items[rng.randrange(len(items))] for _ in range(st.batch_size)])
+            pb = pack_padded_batch(b, vlm.pad_token_id, capacity.get(name, 0)) \
+                if args.padding_free else None
+            first = step(b) if i % 2 == 0 or pb is None else None
+            second = step(pb) if pb is not None else None
+            if first is None:
+                first = step(b)
             if i >= 2:
-                times.append(time.perf_counter() - t0)
+                times.append(first)
+                if second is not None:
+                    packed_times.append(second)
+                    rows.append(pb["input_ids"].numel() / b["input_ids"].numel())
         step_s = sum(times) / len(times)
         out["stages"][name] = {
             "items": len(items), "epochs": st.epochs, "batch_size": st.batch_size,
@@ -108,6 +132,13 @@ def main() -> int:
             "implied_seconds_without_padding": round(
                 step_s * steps_per_epoch * st.epochs * per_batch["real"] / per_batch["padded"], 1),
         }
+        if packed_times:
+            pf = sum(packed_times) / len(packed_times)
+            out["stages"][name]["padding_free"] = {
+                "capacity": capacity.get(name, 0),
+                "positions_vs_padded": round(sum(rows) / len(rows), 3),
+                "step_seconds": round(pf, 4), "speedup": round(step_s / pf, 2),
+                "implied_stage_seconds": round(pf * steps_per_epoch * st.epochs, 1)}
         print(json.dumps({name: out["stages"][name]}), flush=True, file=sys.stderr)
     print(json.dumps(out, indent=1))
     return 0

@@ -424,3 +424,32 @@ def test_base_stop_after_keeps_stages_and_resumes(tiny_world_dir, tiny_base_dir,
     assert (tmp_path / "base" / "config.json").exists()
     assert (stages / "lm_pretrain" / "train_summary.json").read_text() == lm_summary
     assert json.loads((stages / "stage2" / "train_summary.json").read_text())["steps"] > 0
+
+
+def test_padding_free_stages_train_like_padded_ones(tiny_world_dir, tiny_base_dir, tmp_path):
+    """`lm_pretrain.padding_free` / `stage1.padding_free` change the batches' shape, not the
+    training: same losses as the padded stages (same seed, same batches), float rounding aside."""
+    import json
+    import shutil
+
+    from visalign.world.base import base_config, build_base_model
+
+    src = tiny_base_dir.parent / (tiny_base_dir.name + ".stages")
+    runs = {}
+    for tag, pf in (("padded", False), ("packed", True)):
+        stages = tmp_path / tag / "base.stages"
+        for name in ("tokenizer", "clip", "llava.init"):
+            shutil.copytree(src / name, stages / name)
+        build_base_model(base_config("tiny", {
+            "world": str(tiny_world_dir), "out": str(tmp_path / tag / "base"),
+            "progress": False, "skip_eval": True, "stop_after": "stage1",
+            "lm_pretrain": {"epochs": 0.3, "padding_free": pf},
+            "stage1": {"epochs": 0.3, "padding_free": pf}}))
+        runs[tag] = stages
+    for name in ("lm_pretrain", "stage1"):
+        a, b = (json.loads((runs[t] / name / "train_summary.json").read_text())
+                for t in ("padded", "packed"))
+        assert a["steps"] == b["steps"] > 1
+        assert b["last"]["loss"] == pytest.approx(a["last"]["loss"], rel=2e-3), name
+        assert "padding_free: true" in (runs["packed"] / name / "config.yaml").read_text()
+        assert "padding_free: false" in (runs["padded"] / name / "config.yaml").read_text()

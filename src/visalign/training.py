@@ -76,6 +76,12 @@ class TrainConfig:
     group_by_length: bool = field(
         False, help="batch items of similar length together (less padding; each epoch still "
         "shuffles which batches come when)")
+    padding_free: bool = field(
+        False, help="pack each batch's sequences end to end with a block-diagonal causal mask "
+        "(data.packing): the same sequences and loss, no padded positions; for token-level "
+        "losses (SFT, the base stages), not DPO or FiSAO; not for Qwen2-VL's 3-D positions")
+    padding_free_capacity: int = field(
+        0, help="with padding_free, row length in tokens (0 = the batch's longest sequence)")
 
 
 def item_length(item: Any) -> int:
@@ -272,6 +278,11 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
     if cfg.group_by_length:
         order = {"sampler": LengthGroupedSampler([item_length(x) for x in dataset],
                                                  cfg.batch_size, cfg.seed)}
+    if cfg.padding_free:
+        from visalign.data.packing import packing_collate
+
+        collate = packing_collate(collate, getattr(vlm, "pad_token_id", 0) or 0,
+                                  cfg.padding_free_capacity)
     loader = DataLoader(list(range(len(dataset))), batch_size=cfg.batch_size, drop_last=False,
                         collate_fn=lambda idx: collate([dataset[i] for i in idx]), **order)
     steps_per_epoch = max(1, math.ceil(len(loader) / (cfg.grad_accum * acc.num_processes)))

@@ -136,6 +136,10 @@ def train_dpo(cfg: DpoConfig, vlm: Any = None) -> TrainResult:
 
     if cfg.stages not in STAGES:
         raise ValueError(f"stages must be one of {STAGES}, got {cfg.stages!r}")
+    if cfg.padding_free:
+        # DPO sums log-probs per response: a packed row holds several responses
+        raise ValueError("padding_free=true does not apply to DPO (one row per response is "
+                         "needed for sequence log-probabilities); leave it off")
     items = pair_items(cfg)
     groups: list[list[dict]] = [items]
     if cfg.stages == "sequential":

@@ -70,6 +70,13 @@ class StageSettings:
         0.0, help="weight of the token-level unlikelihood loss against repeating a token already "
         "written in the same answer (losses.repetition_unlikelihood_loss, Welleck et al. 2019); "
         "0 = off. Aimed at the base's habit of naming its first object again")
+    padding_free: bool = field(
+        False, help="pack the stage's batches without padding (TrainConfig.padding_free: same "
+        "sequences, same loss, block-diagonal mask); LM pre-training steps are ~2.2x faster "
+        "on a 2-core CPU. Off in the shipped recipe so `visalign world base` still reproduces "
+        "the packaged base bit for bit")
+    padding_free_capacity: int = field(
+        0, help="with padding_free, row length in tokens (0 = the batch's longest sequence)")
 
 
 @dataclasses.dataclass
@@ -360,7 +367,9 @@ def build_base_model(cfg: BaseModelConfig) -> dict:
                                warmup_ratio=0.05, seed=cfg.seed, log_every=20,
                                progress=cfg.progress, save_every=0,
                                group_by_length=st.group_by_length,
-                               mixed_precision=st.mixed_precision)
+                               mixed_precision=st.mixed_precision,
+                               padding_free=st.padding_free,
+                               padding_free_capacity=st.padding_free_capacity)
             if recs is None:
                 if cfg.lm_text == "scene":
                     items = scene_lm_texts(world, records, cfg.lookup_per_image, cfg.seed,
