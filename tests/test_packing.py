@@ -174,3 +174,28 @@ def test_dpo_and_fisao_refuse_padding_free(tmp_path):
                             padding_free=True))
     with pytest.raises(ValueError, match="padding_free"):
         effective_minibatch(FisaoConfig(padding_free=True))
+
+
+def test_padding_free_refuses_flash_attention_and_stray_capacity(tiny_llava_dir, sft_data,
+                                                                 tmp_path):
+    from types import SimpleNamespace
+
+    from visalign.config import ConfigError
+    from visalign.data.packing import check_attention, packing_collate
+    from visalign.methods.sft import SftConfig, train_sft
+
+    ok = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa",
+                                                text_config=SimpleNamespace(
+                                                    _attn_implementation="eager")))
+    check_attention(ok)
+    flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa",
+                                                   text_config=SimpleNamespace(
+                                                       _attn_implementation="flash_attention_2")))
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        check_attention(flash)
+    with pytest.raises(ValueError, match=">= 0"):
+        packing_collate(lambda items: {}, 0, capacity=-1)
+    with pytest.raises(ConfigError, match="padding_free is off"):
+        train_sft(SftConfig(model=str(tiny_llava_dir), data=str(sft_data / "data.json"),
+                            out=str(tmp_path / "o"), max_steps=1, progress=False,
+                            padding_free_capacity=64))

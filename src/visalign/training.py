@@ -278,9 +278,12 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
     if cfg.group_by_length:
         order = {"sampler": LengthGroupedSampler([item_length(x) for x in dataset],
                                                  cfg.batch_size, cfg.seed)}
+    if cfg.padding_free_capacity and not cfg.padding_free:
+        raise ConfigError("padding_free_capacity is set but padding_free is off")
     if cfg.padding_free:
-        from visalign.data.packing import packing_collate
+        from visalign.data.packing import check_attention, packing_collate
 
+        check_attention(vlm.model)
         collate = packing_collate(collate, getattr(vlm, "pad_token_id", 0) or 0,
                                   cfg.padding_free_capacity)
     loader = DataLoader(list(range(len(dataset))), batch_size=cfg.batch_size, drop_last=False,

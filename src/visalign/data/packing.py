@@ -24,6 +24,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 IGNORE_INDEX = -100
+# Tensors laid out per token (B, T): packed like input_ids (visalign.models.adapter.TOKEN_KEYS).
+TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids", "token_type_ids")
+# Attention implementations that build the packed-sequence mask for any number of rows;
+# flash-attention derives it from position_ids only for a single row and would let tokens
+# attend across sequences otherwise.
+PACKING_ATTENTION = ("eager", "sdpa", "flex_attention")
 # Keys whose meaning depends on positions in a way a plain repacking would break.
 _UNSUPPORTED = ("image_grid_thw", "video_grid_thw", "rope_deltas", "cache_position")
 
@@ -77,7 +83,7 @@ def pack_padded_batch(batch: dict, pad_token_id: int = 0, capacity: int = 0) -> 
     if bad:
         raise ValueError(f"packing does not support batches with {bad}: these models place "
                          "tokens by multimodal positions that a repacking would break; train "
-                         "them with pack_sequences=false")
+                         "them with padding_free=false")
     ids, am = batch["input_ids"], batch["attention_mask"]
     b, t = ids.shape
     lengths = am.sum(1).tolist()
@@ -90,11 +96,12 @@ def pack_padded_batch(batch: dict, pad_token_id: int = 0, capacity: int = 0) -> 
     order = [i for r in rows for i in r]
 
     def new(like: Any, fill: int) -> Any:
-        return torch.full((len(rows), cap), fill, dtype=like.dtype)
+        return torch.full((len(rows), cap, *like.shape[2:]), fill, dtype=like.dtype)
 
-    per_token = {k: v for k, v in batch.items()
-                 if k != "attention_mask" and torch.is_tensor(v) and v.dim() >= 2
-                 and tuple(v.shape[:2]) == (b, t) and k not in ("pixel_values",)}
+    per_token = {k: v for k, v in batch.items() if k in TOKEN_KEYS}
+    for k, v in per_token.items():
+        if not torch.is_tensor(v) or tuple(v.shape[:2]) != (b, t):
+            raise ValueError(f"packing: {k!r} is not a (B, T) = {(b, t)} tensor")
     fills = {"input_ids": pad_token_id, "labels": IGNORE_INDEX}
     out = {k: new(v, fills.get(k, 0)) for k, v in per_token.items()}
     pos = torch.zeros(len(rows), cap, dtype=torch.long)
@@ -116,6 +123,8 @@ def pack_padded_batch(batch: dict, pad_token_id: int = 0, capacity: int = 0) -> 
     for k, v in batch.items():
         if k in per_token or k == "attention_mask":
             continue
+        # One image per sequence, as VLM.encode makes them: per-sample tensors follow their
+        # sequences (a batch with several images per sequence would need a count per sample).
         if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == b:
             out[k] = v[order]
         elif torch.is_tensor(v):
@@ -127,9 +136,28 @@ def pack_padded_batch(batch: dict, pad_token_id: int = 0, capacity: int = 0) -> 
     return out
 
 
+def check_attention(model: Any) -> None:
+    """Raise unless every attention implementation in ``model``'s config (and its text/vision
+    sub-configs) builds packed-sequence masks for several rows (:data:`PACKING_ATTENTION`)."""
+    cfg = getattr(model, "config", None)
+    seen = []
+    for c in (cfg, getattr(cfg, "text_config", None)):
+        impl = getattr(c, "_attn_implementation", None) if c is not None else None
+        if impl is not None:
+            seen.append(impl)
+    bad = [i for i in seen if i not in PACKING_ATTENTION]
+    if bad:
+        raise ValueError(f"padding_free needs attention in {PACKING_ATTENTION}; this model "
+                         f"uses {bad[0]!r}, which would let packed sequences attend to each "
+                         "other (load it with attn_implementation='sdpa' or turn "
+                         "padding_free off)")
+
+
 def packing_collate(collate: Callable[[list], dict], pad_token_id: int = 0,
                     capacity: int = 0) -> Callable[[list], dict]:
     """``collate`` followed by :func:`pack_padded_batch`."""
+    if capacity < 0:
+        raise ValueError(f"padding_free_capacity must be >= 0, got {capacity}")
     def packed(items: list) -> dict:
         return pack_padded_batch(collate(items), pad_token_id, capacity)
     return packed

@@ -136,7 +136,7 @@ def train_dpo(cfg: DpoConfig, vlm: Any = None) -> TrainResult:
 
     if cfg.stages not in STAGES:
         raise ValueError(f"stages must be one of {STAGES}, got {cfg.stages!r}")
-    if cfg.padding_free:
+    if cfg.padding_free or cfg.padding_free_capacity:
         # DPO sums log-probs per response: a packed row holds several responses
         raise ValueError("padding_free=true does not apply to DPO (one row per response is "
                          "needed for sequence log-probabilities); leave it off")

@@ -159,7 +159,8 @@ _UNUSED = {"batch_size": "rollout_batch (prompts per rollout, per process)",
            "max_length": "max_new_tokens (the response cap; prompts are not truncated)",
            "log_every": "nothing: every rollout is logged",
            "group_by_length": "nothing: a rollout's responses are scored in one batch",
-           "padding_free": "nothing: the PPO loss needs one row per response"}
+           "padding_free": "nothing: the PPO loss needs one row per response",
+           "padding_free_capacity": "nothing: the PPO loss needs one row per response"}
 
 
 def effective_minibatch(cfg: FisaoConfig) -> int:
