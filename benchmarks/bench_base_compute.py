@@ -112,10 +112,10 @@ def main() -> int:
             b = collate([items[rng.randrange(len(items))] for _ in range(st.batch_size)])
             pb = pack_padded_batch(b, vlm.pad_token_id, capacity.get(name, 0)) \
                 if args.padding_free else None
-            first = step(b) if i % 2 == 0 or pb is None else None
-            second = step(pb) if pb is not None else None
-            if first is None:
-                first = step(b)
+            if pb is not None and i % 2:
+                second, first = step(pb), step(b)
+            else:
+                first, second = step(b), (step(pb) if pb is not None else None)
             if i >= 2:
                 times.append(first)
                 if second is not None:

@@ -3,7 +3,7 @@
 A random batch of short and long sequences is mostly padding (55 % of the micro-world's LM
 pre-training positions, 34 % of its instruction tuning), and the forward and backward passes pay
 for every padded position. :func:`pack_padded_batch` places the same sequences end to end in as
-few rows as fit (first-fit decreasing, rows no longer than the longest sequence), restarts
+few rows as fit (first-fit decreasing, rows as long as the longest sequence or a set capacity), restarts
 ``position_ids`` at 0 for each sequence and drops ``attention_mask``; transformers then builds a
 block-diagonal causal mask from the position ids (``masking_utils.find_packed_sequence_indices``),
 so no token attends across a sequence boundary. The batch holds the same sequences and the same
@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-IGNORE_INDEX = -100
-# Tensors laid out per token (B, T): packed like input_ids (visalign.models.adapter.TOKEN_KEYS).
-TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids", "token_type_ids")
+from visalign.models.adapter import IGNORE_INDEX, TOKEN_KEYS
+
 # Attention implementations that build the packed-sequence mask for any number of rows;
 # flash-attention derives it from position_ids only for a single row and would let tokens
 # attend across sequences otherwise.
@@ -70,7 +69,7 @@ def pack_padded_batch(batch: dict, pad_token_id: int = 0, capacity: int = 0) -> 
 
     Returns:
         a batch with ``input_ids``, ``labels``, ``position_ids`` (R, C) with R <= B rows of
-        C = the longest sequence, no ``attention_mask``, ``use_cache=False`` (a cache would
+        C = max(longest sequence, ``capacity``), no ``attention_mask``, ``use_cache=False`` (a cache would
         turn the packed-sequence mask off), the per-token tensors packed the same way and the
         per-sample tensors in the order their sequences now appear.
     """
@@ -86,10 +85,11 @@ def pack_padded_batch(batch: dict, pad_token_id: int = 0, capacity: int = 0) -> 
                          "them with padding_free=false")
     ids, am = batch["input_ids"], batch["attention_mask"]
     b, t = ids.shape
-    lengths = am.sum(1).tolist()
+    n_real = am.sum(1, keepdim=True)
+    lengths = n_real.flatten().tolist()
     if any(n < 1 for n in lengths):
         raise ValueError("packing: a sequence in the batch is empty")
-    if not bool((am == (torch.arange(t) < am.sum(1, keepdim=True)).to(am.dtype)).all()):
+    if not bool((am == (torch.arange(t) < n_real).to(am.dtype)).all()):
         raise ValueError("packing needs right padding (attention_mask 1...1 0...0 per row)")
     cap = max(max(lengths), capacity)
     rows = plan_rows(lengths, cap)
@@ -98,7 +98,7 @@ def pack_padded_batch(batch: dict, pad_token_id: int = 0, capacity: int = 0) -> 
     def new(like: Any, fill: int) -> Any:
         return torch.full((len(rows), cap, *like.shape[2:]), fill, dtype=like.dtype)
 
-    per_token = {k: v for k, v in batch.items() if k in TOKEN_KEYS}
+    per_token = {k: v for k, v in batch.items() if k in TOKEN_KEYS and k != "attention_mask"}
     for k, v in per_token.items():
         if not torch.is_tensor(v) or tuple(v.shape[:2]) != (b, t):
             raise ValueError(f"packing: {k!r} is not a (B, T) = {(b, t)} tensor")
@@ -137,8 +137,9 @@ def pack_padded_batch(batch: dict, pad_token_id: int = 0, capacity: int = 0) -> 
 
 
 def check_attention(model: Any) -> None:
-    """Raise unless every attention implementation in ``model``'s config (and its text/vision
-    sub-configs) builds packed-sequence masks for several rows (:data:`PACKING_ATTENTION`)."""
+    """Raise unless the attention implementation of ``model``'s config and of its language
+    model's (``text_config``) builds packed-sequence masks for several rows
+    (:data:`PACKING_ATTENTION`)."""
     cfg = getattr(model, "config", None)
     seen = []
     for c in (cfg, getattr(cfg, "text_config", None)):
