@@ -12,7 +12,7 @@ import torch
 from _tiny import CORPUS, solid_images, tiny_tokenizer
 from visalign.io import DataError
 from visalign.models import load_vlm, sequence_logprobs
-from visalign.models.adapter import IGNORE_INDEX
+from visalign.data.batch import IGNORE_INDEX
 
 CONVS = [
     [{"from": "human", "value": "<image>\nWhat color is the ball?"},

@@ -20,7 +20,8 @@ from visalign.data.llava import load_llava_records
 from visalign.world import build_world, load_world, world_config
 from visalign.world.render import render_glyph
 from visalign.world.scenes import SceneParams, region_of, sample_scene, theme_probs
-from visalign.world.vocab import COLORS, REGIONS, default_vocab, plural
+from visalign.data.words import plural
+from visalign.world.vocab import COLORS, REGIONS, default_vocab
 
 TASKS = {"detail", "caption", "existence", "count", "color", "position", "vqa"}
 

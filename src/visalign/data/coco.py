@@ -10,6 +10,7 @@ import contextlib
 import io
 import os
 from numbers import Real
+from collections.abc import Mapping
 from typing import Any
 
 from visalign.io import DataError, read_json
@@ -130,3 +131,26 @@ def load_coco_captions(path: str | os.PathLike) -> dict[int, list[str]]:
                             record=rec, field="caption")
         out[a["image_id"]].append(a["caption"])
     return out
+
+
+def norm_image_id(x: Any) -> Any:
+    """Image ids compare as ints when they look like ints ("42" and 42 are the same image)."""
+    if isinstance(x, str) and x.strip().lstrip("-").isdigit():
+        return int(x)
+    return x
+
+
+def coco_json(source: Any, what: str) -> tuple[dict, Any]:
+    """A COCO json dict from a path, a dict, or a pycocotools ``COCO`` object."""
+    if isinstance(source, (str, os.PathLike)):
+        data = read_json(source)
+        path: Any = source
+    elif isinstance(source, Mapping):
+        data, path = source, None
+    elif hasattr(source, "dataset"):
+        data, path = source.dataset, None
+    else:
+        raise TypeError(f"{what}: expected a path, a dict or a pycocotools COCO, got {source!r}")
+    if not isinstance(data, Mapping):
+        raise DataError(path, "expected a COCO JSON object")
+    return data, path

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from visalign.io import DataError, read_records
 
@@ -170,3 +170,30 @@ def pack_by_image(records: list[dict], seed: int = 0) -> list[dict]:
             packed["image_id"] = recs[0]["image_id"]
         out.append(validate_llava_record(packed))
     return out
+
+
+def strip_image(text: str) -> str:
+    """A turn's text without the ``<image>`` placeholder (whitespace folded where it stood)."""
+    return " ".join(text.replace("<image>", " ").split()) if "<image>" in text else text.strip()
+
+
+def first_exchange(record: Mapping, index: Any = None, path: Any = None) -> tuple[str, str]:
+    """(question without ``<image>``, ground-truth answer) of a record's first exchange."""
+    conv = record.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise DataError(path, "missing or empty 'conversations'", record=record.get("id", index),
+                        field="conversations")
+    q = a = None
+    for turn in conv:
+        if not isinstance(turn, Mapping) or not isinstance(turn.get("value"), str):
+            raise DataError(path, "turns must be {'from', 'value'} objects",
+                            record=record.get("id", index), field="conversations")
+        if q is None and turn.get("from") == "human":
+            q = strip_image(turn["value"])
+        elif q is not None and turn.get("from") == "gpt":
+            a = turn["value"].strip()
+            break
+    if q is None or a is None:
+        raise DataError(path, "needs a human turn followed by a gpt turn",
+                        record=record.get("id", index), field="conversations")
+    return q, a

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from visalign.models.adapter import IGNORE_INDEX, TOKEN_KEYS
+from visalign.data.batch import IGNORE_INDEX, TOKEN_KEYS
 
 # Attention implementations that build the packed-sequence mask for any number of rows;
 # flash-attention derives it from position_ids only for a single row and would let tokens

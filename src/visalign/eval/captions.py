@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from visalign.eval.chair import _load_coco, caption_text, norm_image_id
+from visalign.data.coco import coco_json, norm_image_id
+from visalign.eval.chair import caption_text
 from visalign.io import DataError, read_records
 
 __all__ = ["load_captions", "load_references", "caption_metrics", "python_tokenize",
@@ -54,7 +55,7 @@ def load_captions(path: str | os.PathLike) -> list[dict]:
 
 def load_references(captions_path_or_coco: Any) -> dict[Any, list[str]]:
     """Reference captions per image id from a COCO ``captions`` JSON."""
-    data, path = _load_coco(captions_path_or_coco, "captions")
+    data, path = coco_json(captions_path_or_coco, "captions")
     refs: dict[Any, list[str]] = {}
     for i, ann in enumerate(data.get("annotations") or []):
         if "image_id" not in ann or not isinstance(ann.get("caption"), str):

@@ -45,9 +45,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple
 
-from visalign.io import DataError, read_json
+from visalign.data.coco import coco_json, norm_image_id
+from visalign.io import DataError
 
-__all__ = ["Mention", "Chair", "load_synonyms", "caption_text", "norm_image_id"]
+__all__ = ["Mention", "Chair", "load_synonyms", "caption_text"]
 
 # Letters/digits runs; hyphenated compounds stay one token (as nltk.word_tokenize keeps them).
 # ``[^\W_]`` = a word character that is not "_": Unicode letters and digits.
@@ -123,13 +124,6 @@ def load_synonyms(path: str | os.PathLike | None = None) -> list[list[str]]:
     return table
 
 
-def norm_image_id(x: Any) -> Any:
-    """Image ids compare as ints when they look like ints ("42" and 42 are the same image)."""
-    if isinstance(x, str) and x.strip().lstrip("-").isdigit():
-        return int(x)
-    return x
-
-
 def caption_text(record: Mapping, index: Any = None, path: Any = None) -> str:
     """The caption of a record: ``caption``, or ``answer`` as written by ``visalign generate``."""
     for key in ("caption", "answer"):
@@ -141,22 +135,6 @@ def caption_text(record: Mapping, index: Any = None, path: Any = None) -> str:
             return value
     raise DataError(path, "record has neither 'caption' nor 'answer'", record=index,
                     field="caption")
-
-
-def _load_coco(source: Any, what: str) -> tuple[dict, Any]:
-    """A COCO json dict from a path, a dict, or a pycocotools ``COCO`` object."""
-    if isinstance(source, (str, os.PathLike)):
-        data = read_json(source)
-        path: Any = source
-    elif isinstance(source, Mapping):
-        data, path = source, None
-    elif hasattr(source, "dataset"):
-        data, path = source.dataset, None
-    else:
-        raise TypeError(f"{what}: expected a path, a dict or a pycocotools COCO, got {source!r}")
-    if not isinstance(data, Mapping):
-        raise DataError(path, "expected a COCO JSON object")
-    return data, path
 
 
 class Chair:
@@ -240,7 +218,7 @@ class Chair:
         """Ground truth from COCO ``instances`` (and optionally ``captions``) JSON files
         (paths, loaded dicts or pycocotools ``COCO`` objects)."""
         chair = cls(synonyms)
-        inst, ipath = _load_coco(instances_path, "instances")
+        inst, ipath = coco_json(instances_path, "instances")
         chair._gt_source = ipath
         id_to_cat: dict[Any, str] = {}
         for i, cat in enumerate(inst.get("categories") or []):
@@ -267,7 +245,7 @@ class Chair:
                 segs[image_id] = s = set()
             s.add(cat)
         if captions_path is not None:
-            caps, cpath = _load_coco(captions_path, "captions")
+            caps, cpath = coco_json(captions_path, "captions")
             per_image = chair._gt_captions
             for i, ann in enumerate(caps.get("annotations") or []):
                 text = ann.get("caption")

@@ -34,7 +34,7 @@ import random
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Mapping
 
-from visalign.eval.chair import _load_coco
+from visalign.data.coco import coco_json
 from visalign.io import DataError
 
 __all__ = ["SPLITS", "build_pope", "score_pope", "parse_yes_no", "pope_question"]
@@ -89,7 +89,7 @@ def build_pope(instances_path_or_coco: Any, split: str, n_images: int = 500,
         raise ValueError(f"unknown POPE split {split!r}; choose one of {', '.join(SPLITS)}")
     if n_images < 1 or n_negatives < 1:
         raise ValueError("n_images and n_negatives must be >= 1")
-    data, path = _load_coco(instances_path_or_coco, "instances")
+    data, path = coco_json(instances_path_or_coco, "instances")
     images, objects = _image_objects(data, path)
     eligible = [img for img in images if len(objects.get(img["id"], ())) >= n_negatives]
     if len(eligible) < n_images:

@@ -86,9 +86,7 @@ Where this departs from the paper (on purpose)
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import math
 import os
 import random
@@ -98,6 +96,9 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 from visalign.config import field
+from visalign.data.llava import first_exchange, strip_image
+from visalign.data.words import COLOR_WORDS, is_plural, with_article
+from visalign.data.words import plural as plural_of
 from visalign.eval.judge import JudgeConfig
 from visalign.io import DataError
 from visalign.methods.codebook import (CATEGORY_KEYS, CODEBOOK, UNSPECIFIED, level_of,
@@ -253,25 +254,6 @@ class Judge(Protocol):
 # Small text helpers
 # ---------------------------------------------------------------------------------------------
 
-_P = None
-
-
-def _inflect():
-    global _P
-    if _P is None:
-        import inflect
-        _P = inflect.engine()
-    return _P
-
-
-def _plural(noun: str) -> str:
-    return _inflect().plural_noun(noun) or noun
-
-
-def _a(noun: str) -> str:
-    return _inflect().a(noun)
-
-
 _NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
                  "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
                  "seventeen", "eighteen", "nineteen", "twenty"]
@@ -289,9 +271,8 @@ def _num_value(tok: str) -> int | None:
     return _NUM_VALUE.get(t)
 
 
-# Basic colour terms; the ground truth's own colour values are added per GroundTruth.
-COLOR_WORDS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black",
-               "white", "gray", "grey", "silver", "gold")
+# COLOR_WORDS (basic colour terms): the ground truth's own colour values are added per
+# GroundTruth.
 _COLOR_NORM = {"grey": "gray"}
 SIZE_WORDS = {"small": "small", "tiny": "small", "large": "large", "big": "large",
               "huge": "large"}
@@ -369,11 +350,6 @@ def _is_yes(answer: str) -> bool:
 
 def _is_no(answer: str) -> bool:
     return re.match(r"^\W*no\b", answer, re.I) is not None
-
-
-def strip_image(text: str) -> str:
-    """A turn's text without the ``<image>`` placeholder (whitespace folded where it stood)."""
-    return " ".join(text.replace("<image>", " ").split()) if "<image>" in text else text.strip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,19 +447,6 @@ class GTObject:
         return x + w / 2.0, y + h / 2.0
 
 
-def _load_coco_file(path: str | os.PathLike) -> Any:
-    """Load a COCO JSON with pycocotools (its progress prints silenced); clear errors."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(p, "file not found")
-    from pycocotools.coco import COCO
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(p))
-    except (AssertionError, ValueError, KeyError, TypeError) as e:
-        raise DataError(p, f"not a COCO annotation file ({type(e).__name__}: {e})") from None
-
-
 def _world_themes(instances_path: str | os.PathLike) -> list:
     """The ``vocab.themes`` of the micro-world whose ``annotations/`` holds ``instances_path``
     (its images carry only the theme *name*, e.g. "living", whose text word is "living
@@ -520,13 +483,15 @@ class GroundTruth:
 
     def __init__(self, instances: Any, captions: Any = None, synonyms: Any = None, *,
                  theme_words: Mapping[str, Sequence[str]] | None = None):
-        from visalign.eval.chair import Chair, load_synonyms, norm_image_id
+        from visalign.data.coco import coco_json, norm_image_id
+        from visalign.eval.chair import Chair, load_synonyms
 
         self._norm = norm_image_id
         self.source = instances if isinstance(instances, (str, os.PathLike)) else None
-        inst = _load_coco_file(instances) if isinstance(instances, (str, os.PathLike)) else \
-            instances
-        caps = _load_coco_file(captions) if isinstance(captions, (str, os.PathLike)) else captions
+        inst = coco_json(instances, "instances")[0] if isinstance(
+            instances, (str, os.PathLike)) else instances
+        caps = coco_json(captions, "captions")[0] if isinstance(
+            captions, (str, os.PathLike)) else captions
         if synonyms is None or isinstance(synonyms, (str, os.PathLike)):
             synonyms = load_synonyms(synonyms)
         self.chair = Chair.from_coco(inst, caps, synonyms=synonyms)
@@ -670,28 +635,6 @@ class GroundTruth:
 # ---------------------------------------------------------------------------------------------
 # Records and short answers
 # ---------------------------------------------------------------------------------------------
-
-def first_exchange(record: Mapping, index: Any = None, path: Any = None) -> tuple[str, str]:
-    """(question without ``<image>``, ground-truth answer) of a record's first exchange."""
-    conv = record.get("conversations")
-    if not isinstance(conv, list) or not conv:
-        raise DataError(path, "missing or empty 'conversations'", record=record.get("id", index),
-                        field="conversations")
-    q = a = None
-    for turn in conv:
-        if not isinstance(turn, Mapping) or not isinstance(turn.get("value"), str):
-            raise DataError(path, "turns must be {'from', 'value'} objects",
-                            record=record.get("id", index), field="conversations")
-        if q is None and turn.get("from") == "human":
-            q = strip_image(turn["value"])
-        elif q is not None and turn.get("from") == "gpt":
-            a = turn["value"].strip()
-            break
-    if q is None or a is None:
-        raise DataError(path, "needs a human turn followed by a gpt turn",
-                        record=record.get("id", index), field="conversations")
-    return q, a
-
 
 def is_short(record: Mapping, cfg: NsftDataConfig) -> bool:
     """Short-answer record (doubled QA pairs): by ``task``, else by GT answer length."""
@@ -912,7 +855,7 @@ class AnnotationJudge:
             surface = answer[m.start:m.end]
             errors.append(Error("object_identity", "instance", text=surface, wrong=m.category,
                                 right=right, object=m.category, where=where,
-                                span=(m.start, m.end), meta={"plural": _is_plural(surface)}))
+                                span=(m.start, m.end), meta={"plural": is_plural(surface)}))
 
         # Attributes: colours and sizes attached to present, annotated objects.
         if gt.has_field("color"):
@@ -1108,13 +1051,6 @@ class AnnotationJudge:
                     continue
                 break
         return out
-
-
-def _is_plural(surface: str) -> bool:
-    """Whether a mention's surface form is plural ("cups", "people"; not "bus", "glass")."""
-    last = surface.lower().split()[-1] if surface.split() else ""
-    sing = _inflect().singular_noun(last) if last.isalpha() else False
-    return bool(sing) and sing != last and not last.endswith(("us", "ss"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1350,7 +1286,7 @@ class _Scene:
             n = len(insts)
             cols = sorted({o.color for o in insts if o.color})
             noun = f"{cols[0]} {c}" if len(cols) == 1 and all(o.color for o in insts) else c
-            parts.append(_a(noun) if n <= 1 else f"{_num_word(n)} {_plural(noun)}")
+            parts.append(with_article(noun) if n <= 1 else f"{_num_word(n)} {plural_of(noun)}")
         while len(parts) > 1 and len(_join(parts).split()) > max_words:
             parts.pop()  # fewer objects rather than a sentence cut mid-list
         return _cap(_join(parts)) + "." if parts else ""
@@ -1363,14 +1299,14 @@ class _Scene:
 def _exists_qa(cat: str, plural: bool, present_n: int = 0) -> QA:
     if present_n:
         if present_n == 1:
-            return QA(f"Is there {_a(cat)} in the image?", f"Yes, there is {_a(cat)}.",
+            return QA(f"Is there {with_article(cat)} in the image?", f"Yes, there is {with_article(cat)}.",
                       "exists_yes", cat)
-        return QA(f"Are there any {_plural(cat)} in the image?",
-                  f"Yes, there are {_num_word(present_n)} {_plural(cat)}.", "exists_yes", cat)
+        return QA(f"Are there any {plural_of(cat)} in the image?",
+                  f"Yes, there are {_num_word(present_n)} {plural_of(cat)}.", "exists_yes", cat)
     if plural:
-        return QA(f"Are there any {_plural(cat)} in the image?",
-                  f"No, there are no {_plural(cat)}.", "exists_no", cat)
-    return QA(f"Is there {_a(cat)} in the image?", f"No, there is no {cat}.", "exists_no", cat)
+        return QA(f"Are there any {plural_of(cat)} in the image?",
+                  f"No, there are no {plural_of(cat)}.", "exists_no", cat)
+    return QA(f"Is there {with_article(cat)} in the image?", f"No, there is no {cat}.", "exists_no", cat)
 
 
 def _color_qa(cat: str, scene: _Scene) -> QA | None:
@@ -1378,7 +1314,7 @@ def _color_qa(cat: str, scene: _Scene) -> QA | None:
     if not cols:
         return None
     if scene.count(cat) > 1:
-        return QA(f"What color are the {_plural(cat)}?", f"They are {_join(cols)}.", "color",
+        return QA(f"What color are the {plural_of(cat)}?", f"They are {_join(cols)}.", "color",
                   cat)
     return QA(f"What color is the {cat}?", f"It is {cols[0]}.", "color", cat)
 
@@ -1389,7 +1325,7 @@ def _size_qa(cat: str, scene: _Scene) -> QA | None:
     if not sizes:
         return None
     if scene.count(cat) > 1:
-        return QA(f"How big are the {_plural(cat)}?", f"They are {_join(sizes)}.", "size", cat)
+        return QA(f"How big are the {plural_of(cat)}?", f"They are {_join(sizes)}.", "size", cat)
     return QA(f"How big is the {cat}?", f"It is {sizes[0]}.", "size", cat)
 
 
@@ -1397,8 +1333,8 @@ def _count_qa(cat: str, scene: _Scene) -> QA | None:
     n = scene.count(cat)
     if n == 0:
         return None
-    ans = f"There is one {cat}." if n == 1 else f"There are {_num_word(n)} {_plural(cat)}."
-    return QA(f"How many {_plural(cat)} are there?", ans, "count", cat)
+    ans = f"There is one {cat}." if n == 1 else f"There are {_num_word(n)} {plural_of(cat)}."
+    return QA(f"How many {plural_of(cat)} are there?", ans, "count", cat)
 
 
 def _where_qa(cat: str, scene: _Scene) -> QA | None:
@@ -1408,7 +1344,7 @@ def _where_qa(cat: str, scene: _Scene) -> QA | None:
     phrases = [region_phrase(r).rstrip(".") for r in regs[:2]]
     ans = phrases[0] + "." if len(phrases) == 1 else \
         phrases[0] + " and " + phrases[1][0].lower() + phrases[1][1:] + "."
-    q = f"Where is the {cat}?" if scene.count(cat) == 1 else f"Where are the {_plural(cat)}?"
+    q = f"Where is the {cat}?" if scene.count(cat) == 1 else f"Where are the {plural_of(cat)}?"
     return QA(q, ans, "where", cat)
 
 
@@ -1449,14 +1385,14 @@ def _error_topic(e: Error, scene: _Scene,
         return (qa, []) if qa else None
     if e.category == "relative_positions" and e.object and e.other:
         many = scene.count(e.object) > 1
-        subj = f"the {_plural(e.object)}" if many else f"the {e.object}"
-        other = f"the {_plural(e.other)}" if scene.count(e.other) > 1 else f"the {e.other}"
+        subj = f"the {plural_of(e.object)}" if many else f"the {e.object}"
+        other = f"the {plural_of(e.other)}" if scene.count(e.other) > 1 else f"the {e.other}"
         pron, be = ("They", "are") if many else ("It", "is")
         ans = (f"{pron} {be} {e.right} {other}." if e.right
                else f"{pron} {be} not {e.wrong} {other}.")
         return QA(f"Where {be} {subj} relative to {other}?", ans, "relative", e.object), []
     if e.category == "background_knowledge" and e.right:
-        return QA("What kind of place is shown in the image?", f"It is {_a(e.right)}.",
+        return QA("What kind of place is shown in the image?", f"It is {with_article(e.right)}.",
                   "background"), []
     return None
 

@@ -80,7 +80,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from visalign.config import field
 from visalign.eval.judge import JudgeConfig
 from visalign.io import DataError, read_records, write_json, write_jsonl
-from visalign.methods.nsft_data import first_exchange, strip_image
+from visalign.data.llava import first_exchange, strip_image
 
 __all__ = [
     "PairsConfig", "load_pairs", "validate_pairs", "write_pairs", "build_gt_dpo_pairs",
@@ -583,7 +583,7 @@ def object_edit(text: str, mentions: Sequence[Any], present: set[str], absent: S
     """Replace one present object's word with the absent category that co-occurs with it most
     (ties and no co-occurrence data: random among the candidates). A preceding "a"/"an" is
     fixed in the same edit ("a cup" -> "an umbrella")."""
-    from visalign.methods.nsft_data import _a, _is_plural, _plural
+    from visalign.data.words import is_plural, plural, with_article
 
     cands = [m for m in mentions if m.category in present] if present else list(mentions)
     if not cands or not absent:
@@ -596,12 +596,12 @@ def object_edit(text: str, mentions: Sequence[Any], present: set[str], absent: S
         return None
     new_cat = rng.choice(pool)
     surface = text[m.start:m.end]
-    new = _plural(new_cat) if _is_plural(surface) else new_cat
+    new = plural(new_cat) if is_plural(surface) else new_cat
     start = m.start
     art = re.search(r"\b(an?)\s+$", text[:m.start], re.I)
-    if art and not _is_plural(surface):
+    if art and not is_plural(surface):
         start = art.start(1)
-        new = f"{_match_case(art.group(1), _a(new).split()[0])} {new}"
+        new = f"{_match_case(art.group(1), with_article(new).split()[0])} {new}"
     else:
         new = _match_case(surface, new)
     return TextEdit("object", start, m.end, text[start:m.end], new)
@@ -610,12 +610,12 @@ def object_edit(text: str, mentions: Sequence[Any], present: set[str], absent: S
 def _article_fixed(text: str, start: int, end: int, new: str) -> tuple[int, str]:
     """(start, replacement) for replacing ``text[start:end]`` by ``new`` with a directly
     preceding "a"/"an" corrected for ``new`` ("a blue cube" -> "an orange cube")."""
-    from visalign.methods.nsft_data import _a
+    from visalign.data.words import with_article
 
     art = re.search(r"\b(an?)(\s+)$", text[:start], re.I)
     if not art:
         return start, new
-    fixed = _match_case(art.group(1), _a(new).split()[0])
+    fixed = _match_case(art.group(1), with_article(new).split()[0])
     return art.start(1), f"{fixed}{art.group(2)}{new}"
 
 
@@ -709,7 +709,7 @@ def build_povid_pairs(records: Sequence[Mapping], gt: Any, rng: random.Random, *
     ``"rules"`` or ``"llm"`` (``client.chat``, e.g. a JudgeClient). ``noisy_answers``: the
     model's answers on noised images, needed for stage 2.
     """
-    from visalign.methods.nsft_data import COLOR_WORDS
+    from visalign.data.words import COLOR_WORDS
 
     stages = set(stages)
     unknown = [e for e in edits if e not in ("object", "attribute", "relation")]

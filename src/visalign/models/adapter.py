@@ -29,10 +29,9 @@ from typing import Any, Iterator, Sequence
 import torch
 from PIL import Image
 
-IGNORE_INDEX = -100
+from visalign.data.batch import IGNORE_INDEX, TOKEN_KEYS
+
 IMAGE_PLACEHOLDER = "<image>"
-# Per-token tensors of a batch (sliced/padded along the sequence); everything else is per image.
-TOKEN_KEYS = ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "token_type_ids")
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
           "system": "system"}
 

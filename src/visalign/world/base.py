@@ -533,7 +533,7 @@ def scene_lm_texts(world: Any, records: list[dict], lookup_per_image: int,
     import random
 
     from visalign.world.text import EXISTENCE_QUESTIONS
-    from visalign.world.vocab import with_article
+    from visalign.data.words import with_article
 
     if pack:
         return _packed_scene_lm_texts(world, records, lookup_per_image, seed, order)
@@ -578,7 +578,7 @@ def _packed_scene_lm_texts(world: Any, records: list[dict], lookup_per_image: in
     import random
 
     from visalign.world.text import EXISTENCE_QUESTIONS
-    from visalign.world.vocab import with_article
+    from visalign.data.words import with_article
 
     rng = random.Random(f"{seed}:scene-lm-packed")
     by_file, names = _train_scenes(world)

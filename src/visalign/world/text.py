@@ -34,11 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from visalign.data.words import plural as plural_of
+from visalign.data.words import with_article
 from visalign.world.scenes import Scene, SceneObject, holds, relation
 from visalign.world.vocab import (KEYED_ORDERS, REGION_PHRASES, REGIONS, RELATIONS,
                                   WEARS_COLOR, Vocab, number_word)
-from visalign.world.vocab import plural as plural_of
-from visalign.world.vocab import with_article
 
 IMAGE_TOKEN = "<image>"
 

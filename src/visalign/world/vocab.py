@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-import inflect
+from visalign.data.words import plural
 
 # Shape families (unit-box polygons live in render.py) and inner patterns.
 SHAPES = ("circle", "square", "triangle", "diamond", "hexagon", "cross", "star", "bar")
@@ -68,9 +68,6 @@ WEARS_COLOR = frozenset({"person"})
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
                 "ten")
 
-_P = inflect.engine()
-
-
 @dataclass(frozen=True)
 class Category:
     """One object category: COCO name, surface forms, home theme, glyph and usual colour."""
@@ -118,18 +115,6 @@ class Theme:
         return cls(name=d["name"], short=d["short"], places=tuple(d["places"]),
                    in_places=tuple(d["in_places"]), background=tuple(d["background"]),
                    texture=d["texture"], members=tuple((c, float(w)) for c, w in d["members"]))
-
-
-@lru_cache(maxsize=None)
-def plural(word: str) -> str:
-    """Plural of a (possibly two-word) noun; ``inflect`` handles person/people, knife/knives."""
-    return _P.plural_noun(word)
-
-
-@lru_cache(maxsize=None)
-def with_article(phrase: str) -> str:
-    """``"a cup"``, ``"an umbrella"`` (article chosen from the first word of ``phrase``)."""
-    return _P.a(phrase)
 
 
 def number_word(n: int) -> str:
