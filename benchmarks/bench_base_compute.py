@@ -29,14 +29,14 @@ import time
 def main() -> int:
     import torch
 
-    from visalign.compare import packaged_base_dir
+    from visalign.methods.base_model.packaged import packaged_base_dir
     from visalign.data.packing import pack_padded_batch
     from visalign.data.llava import load_llava_records
-    from visalign.methods.sft import conversation_items, make_collate
+    from visalign.training import conversation_items, make_collate
     from visalign.models import load_vlm
     from visalign.training import set_trainable
     from visalign.world import load_world
-    from visalign.world.base import _text_collate, base_config, scene_lm_texts
+    from visalign.methods.base_model import text_collate, base_config, scene_lm_texts
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--world", required=True)
@@ -65,7 +65,7 @@ def main() -> int:
     stages = {
         "lm_pretrain": (cfg.lm_pretrain, "lm",
                         scene_lm_texts(world, records, cfg.lookup_per_image, cfg.seed),
-                        _text_collate(tok, 256)),
+                        text_collate(tok, 256)),
         "stage1": (cfg.stage1, "projector",
                    conversation_items([r for r in records if r.get("task") in s1_tasks],
                                       str(world.image_root)), make_collate(vlm)),

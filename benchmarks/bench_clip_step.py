@@ -30,8 +30,8 @@ def main() -> int:
 
     from visalign.models.tiny import build_tiny_clip
     from visalign.world import load_world
-    from visalign.world.base import PATCH_SIZE, base_config, clip_training_examples
-    from visalign.world.clip_train import train_clip
+    from visalign.methods.base_model import PATCH_SIZE, base_config, clip_training_examples
+    from visalign.methods.base_model.clip_train import train_clip
 
     cfg = base_config("small")
     world = load_world(args.world)

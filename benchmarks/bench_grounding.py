@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from visalign.compare import install_packaged_base
+    from visalign.methods.base_model.packaged import install_packaged_base
     from visalign.data.coco import load_coco_instances
     from visalign.eval.grounding import image_dependence, pooled_vision_features, \
         vision_probe_auroc

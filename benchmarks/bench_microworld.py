@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from visalign.world import build_world, world_config
-    from visalign.world.base import base_config, build_base_model
+    from visalign.methods.base_model import base_config, build_base_model
 
     out = Path(args.out)
     world_dir, model_dir = out / "world", out / "base"
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         "weights_sha256": weight_hashes(model_dir),
     }
     if args.preset == "small" and args.seed == 0 and not args.overrides:
-        from visalign.compare import packaged_base_dir
+        from visalign.methods.base_model.packaged import packaged_base_dir
 
         shipped = weight_hashes(packaged_base_dir())
         report["packaged_sha256"] = shipped

@@ -33,7 +33,7 @@ def _patch_eval(clip, proc, examples, annots, cats, template, image_size, patch_
     """Patch- and object-level accuracy of the dense read-out on ``examples``."""
     import torch
 
-    from visalign.world.clip_train import _pixel_values, encode_clip_texts, patch_labels
+    from visalign.methods.base_model.clip_train import _pixel_values, encode_clip_texts, patch_labels
 
     tok = proc.tokenizer
     with torch.no_grad():
@@ -91,8 +91,8 @@ def run_one(world, tok, examples_all, annots_train, val_ex, val_present, annots_
     from transformers import CLIPModel, CLIPProcessor
 
     from visalign.models.tiny import build_tiny_clip
-    from visalign.world.base import PATCH_SIZE, base_config
-    from visalign.world.clip_train import object_auroc, train_clip
+    from visalign.methods.base_model import PATCH_SIZE, base_config
+    from visalign.methods.base_model.clip_train import object_auroc, train_clip
 
     cfg = base_config("small", {"clip": {"epochs": epochs, **overrides}, "seed": seed})
     a = cfg.clip_arch
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoTokenizer
 
     from visalign.world import load_world
-    from visalign.world.base import _clip_examples
+    from visalign.methods.base_model import clip_examples
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tok_dir = args.tokenizer or str(Path(__file__).resolve().parents[1] / "src" / "visalign"
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     cats = [c.name for c in world.vocab.categories]
     overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     t0 = time.time()
-    examples, _ = _clip_examples(world, "train", cats)
-    val_ex, val_present = _clip_examples(world, world.eval_split)
+    examples, _ = clip_examples(world, "train", cats)
+    val_ex, val_present = clip_examples(world, world.eval_split)
     annots_train, annots_val = _annotations(world, "train"), _annotations(world, world.eval_split)
     load_s = time.time() - t0
     work = Path(args.work)

@@ -78,7 +78,7 @@ def main() -> int:
     from visalign.data.coco import load_coco_instances
     from visalign.eval.chair import Chair, load_synonyms
     from visalign.world import load_world
-    from visalign.world.base import scene_text, world_chat_template
+    from visalign.methods.base_model import scene_text, world_chat_template
     from visalign.world.vocab import KEYED_ORDERS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

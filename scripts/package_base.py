@@ -6,7 +6,7 @@
 
 copies M (model, processor, verifier, eval.json, base_config.yaml) to
 src/visalign/resources/microworld_base/ with the world's fingerprint, which
-`visalign.compare.install_packaged_base` checks before using it.
+`visalign.methods.base_model.packaged.install_packaged_base` checks before using it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from visalign.compare import packaged_base_dir, world_fingerprint
+from visalign.methods.base_model.packaged import packaged_base_dir, world_fingerprint
 
 
 def main() -> None:

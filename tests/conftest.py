@@ -56,7 +56,7 @@ def tiny_world_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_base_dir(tiny_world_dir, tmp_path_factory):
     """`visalign world base --preset tiny` on the tiny world (model + verifier + eval.json)."""
-    from visalign.world.base import base_config, build_base_model
+    from visalign.methods.base_model import base_config, build_base_model
 
     out = tmp_path_factory.mktemp("base") / "base"
     build_base_model(base_config("tiny", {"world": str(tiny_world_dir), "out": str(out),

@@ -110,15 +110,15 @@ def test_shipped_grid_configs_fit_their_worlds_train_split(name):
     check_alignment_sizes(cfg, world_config(cfg.world_preset, seed=cfg.seed).n_train)
 
 def test_trainer_seed_is_the_grids_unless_an_override_names_one():
-    from visalign.compare import CompareConfig, _trainer_cfg
+    from visalign.compare import CompareConfig, trainer_config
 
     cfg = CompareConfig(seed=3, fisao={"lr": 1e-3}, sft={"seed": 7},
                         method_overrides={"seva": {"seed": 11}})
-    assert _trainer_cfg("fisao", "fisao", cfg, {}).seed == 3
-    assert _trainer_cfg("fisao", "fisao", cfg, {}).lr == 1e-3
-    assert _trainer_cfg("sft", "nsft", cfg, {}).seed == 7
-    assert _trainer_cfg("dpo", "seva", cfg, {}).seed == 11
-    assert _trainer_cfg("dpo", "gt-dpo", cfg, {}).seed == 3
+    assert trainer_config("fisao", cfg, {}).seed == 3
+    assert trainer_config("fisao", cfg, {}).lr == 1e-3
+    assert trainer_config("nsft", cfg, {}).seed == 7
+    assert trainer_config("seva", cfg, {}).seed == 11
+    assert trainer_config("gt-dpo", cfg, {}).seed == 3
 
 
 def test_cli_help_lists_compare_and_demo(capsys):

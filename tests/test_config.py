@@ -235,7 +235,7 @@ def test_describe_config_lists_fields_with_help():
 def test_project_configs_round_trip(tmp_path):
     """The package's own configs survive save_run_config -> load_config unchanged."""
     from visalign.models.generation import GenerationConfig
-    from visalign.world.base import base_config
+    from visalign.methods.base_model import base_config
 
     for cfg in (GenerationConfig(limit=3, do_sample=True, image_root="imgs"),
                 base_config("tiny", ["lm_pretrain.epochs=0.25"])):

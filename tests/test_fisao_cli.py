@@ -105,7 +105,7 @@ def test_calibrate_writes_the_calibration_the_report_and_the_figures(calibrated,
 def test_train_fisao_cli_outputs_log_stats_and_resume(calibrated, world, tiny_llava_dir,
                                                       tiny_clip_dir, tmp_path, monkeypatch,
                                                       capsys):
-    import visalign.methods.fisao as fisao_mod
+    import visalign.methods.fisao.train as fisao_mod
 
     w, _ = world
 
@@ -316,7 +316,7 @@ def test_score_mentions_accepts_embeddings_or_images_by_id(world, calibrated, ti
     from PIL import Image
 
     from visalign.eval.chair import Chair, load_synonyms
-    from visalign.methods.fisao_calibrate import image_embeddings, score_mentions
+    from visalign.methods.fisao.calibrate import image_embeddings, score_mentions
     from visalign.verifier.entities import EntitySet
     from visalign.verifier.scorer import ClipScorer
 
@@ -343,7 +343,7 @@ def test_score_mentions_accepts_embeddings_or_images_by_id(world, calibrated, ti
 
 
 def test_mean_shift_ci_resamples_answers_paired():
-    from visalign.methods.fisao_calibrate import mean_shift_ci
+    from visalign.methods.fisao.calibrate import mean_shift_ci
 
     def rows(spec):
         return [{"id": i, "score": x} for i, xs in spec.items() for x in xs]

@@ -457,7 +457,7 @@ def test_grad_accum_splits_the_rollout_and_gives_the_same_run(two_proc_setup, mo
     ignored."""
     from visalign.methods.fisao import effective_minibatch
 
-    import visalign.methods.fisao as fisao_mod
+    import visalign.methods.fisao.train as fisao_mod
 
     root, args = two_proc_setup
     seen: list = []

@@ -9,8 +9,8 @@ import pytest
 
 
 def test_packaged_base_matches_small_world_seed0(tmp_path, tiny_world_dir):
-    from visalign.compare import (install_packaged_base, packaged_base_dir,
-                                  world_fingerprint)
+    from visalign.methods.base_model.packaged import (install_packaged_base,
+                                                      packaged_base_dir, world_fingerprint)
     from visalign.world import build_world, world_config
 
     src = packaged_base_dir()
@@ -33,10 +33,10 @@ def test_packaged_base_was_trained_with_the_current_small_recipe():
     recipe change without re-packaging (scripts/package_base.py) fails here."""
     import yaml
 
-    from visalign.compare import packaged_base_dir
+    from visalign.methods.base_model.packaged import packaged_base_dir
     from visalign.config import config_to_dict
     from visalign.world import world_config
-    from visalign.world.base import base_config, resolve_scene_order
+    from visalign.methods.base_model import base_config, resolve_scene_order
 
     shipped = yaml.safe_load((packaged_base_dir() / "base_config.yaml").read_text())
     # scene_order=auto is saved resolved, to the default world's description order

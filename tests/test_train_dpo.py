@@ -46,7 +46,7 @@ def pair_file(tmp_path_factory):
 
 def _cfg(tiny_llava_dir, pairs, out, *overrides, preset=None):
     from visalign.config import load_config, parse_overrides
-    from visalign.commands.train import preset_path
+    from visalign.methods.presets import preset_path
 
     base = load_config(D.DpoConfig, preset_path(preset)) if preset else D.DpoConfig()
     flags = {"model": str(tiny_llava_dir), "pairs": str(pairs), "out": str(out)}

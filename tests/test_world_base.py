@@ -43,7 +43,7 @@ def test_base_stages_resume(tiny_world_dir, tiny_base_dir, tmp_path):
     """A re-run over finished stages reloads them instead of retraining."""
     import shutil
 
-    from visalign.world.base import base_config, build_base_model
+    from visalign.methods.base_model import base_config, build_base_model
 
     out = tmp_path / "base"
     stages = tmp_path / "base.stages"
@@ -58,7 +58,7 @@ def test_base_stages_resume(tiny_world_dir, tiny_base_dir, tmp_path):
 
 
 def test_patch_labels_on_hand_made_boxes():
-    from visalign.world.clip_train import patch_labels
+    from visalign.methods.base_model.clip_train import patch_labels
 
     # 32 px image, 8 px patches: a 4 x 4 grid; patch centres at 4, 12, 20, 28
     big = (0, 0, 16, 16, 3)        # covers the top-left 2 x 2 patches
@@ -78,15 +78,15 @@ def test_dense_clip_term_is_trained(tiny_world_dir, tmp_path):
     from visalign.models.tiny import build_tiny_clip
     from visalign.models.tokenizer import train_tokenizer
     from visalign.world import load_world
-    from visalign.world.base import _clip_examples, _world_texts
-    from visalign.world.clip_train import ClipTrainSettings, train_clip
+    from visalign.methods.base_model import clip_examples, tokenizer_texts
+    from visalign.methods.base_model.clip_train import ClipTrainSettings, train_clip
 
     world = load_world(tiny_world_dir)
-    tok = train_tokenizer(_world_texts(world), 300)
+    tok = train_tokenizer(tokenizer_texts(world), 300)
     tok.save_pretrained(tmp_path / "tok")
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
     cats = [c.name for c in world.vocab.categories]
-    examples, _ = _clip_examples(world, "train", cats)
+    examples, _ = clip_examples(world, "train", cats)
     assert all(len(e.patch_labels) == (world.image_size // 8) ** 2 for e in examples)
     assert any(lab >= 0 for e in examples for lab in e.patch_labels)
     logs = {}
@@ -110,7 +110,7 @@ def test_generated_clip_images_equal_a_larger_worlds(tmp_path):
     import numpy as np
 
     from visalign.world import build_world, load_world, world_config
-    from visalign.world.base import _clip_examples, clip_training_examples
+    from visalign.methods.base_model import clip_examples, clip_training_examples
 
     small = tmp_path / "w6"
     big = tmp_path / "w10"
@@ -120,7 +120,7 @@ def test_generated_clip_images_equal_a_larger_worlds(tmp_path):
     w_small, w_big = load_world(small), load_world(big)
     cats = w_small.categories
     got = clip_training_examples(w_small, 10, cats)
-    want, _ = _clip_examples(w_big, "train", cats)
+    want, _ = clip_examples(w_big, "train", cats)
     assert len(got) == len(want) == 10
     for g, w in zip(got, want):
         assert np.array_equal(np.asarray(g.image), np.asarray(w.image))
@@ -144,7 +144,7 @@ def test_scene_lm_texts_state_the_truth(tiny_world_dir, tiny_base_dir):
     from visalign.data.coco import load_coco_instances
     from visalign.data.llava import load_llava_records
     from visalign.world import load_world
-    from visalign.world.base import scene_lm_texts, world_chat_template
+    from visalign.methods.base_model import scene_lm_texts, world_chat_template
 
     world = load_world(tiny_world_dir)
     records = load_llava_records(world.llava_path("train"))
@@ -206,7 +206,7 @@ def test_packed_scene_lm_texts(tiny_world_dir, tiny_base_dir):
     from visalign.data.coco import load_coco_instances
     from visalign.data.llava import load_llava_records
     from visalign.world import load_world
-    from visalign.world.base import _text_collate, scene_lm_texts
+    from visalign.methods.base_model import text_collate, scene_lm_texts
 
     world = load_world(tiny_world_dir)
     records = load_llava_records(world.llava_path("train"))
@@ -232,20 +232,20 @@ def test_packed_scene_lm_texts(tiny_world_dir, tiny_base_dir):
         msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
     turns = [("USER: Q1? ASSISTANT:", " A1</s>"), ("USER: Q2? ASSISTANT:", " A2</s>")]
     assert tok.apply_chat_template(msgs, tokenize=False) == "".join(p + a for p, a in turns)
-    batch = _text_collate(tok, 1024)([turns, turns[:1]])
+    batch = text_collate(tok, 1024)([turns, turns[:1]])
     for row, n in ((0, 2), (1, 1)):
         ids, labels = batch["input_ids"][row], batch["labels"][row]
         got = tok.decode(ids[labels != -100])
         assert got.split() == " A1</s> A2</s>".split()[:n]
-    single = _text_collate(tok, 1024)([turns[0]])
-    assert (single["labels"] == _text_collate(tok, 1024)([turns[:1]])["labels"]).all()
+    single = text_collate(tok, 1024)([turns[0]])
+    assert (single["labels"] == text_collate(tok, 1024)([turns[:1]])["labels"]).all()
 
 
 def test_packed_stages_resolution():
     """`pack_turns=true` packs every stage; `pack_stages` names some; a typo is an error."""
     import pytest
 
-    from visalign.world.base import base_config, packed_stages
+    from visalign.methods.base_model import base_config, packed_stages
 
     assert packed_stages(base_config("tiny")) == set()
     assert packed_stages(base_config("tiny", {"pack_turns": True})) == {
@@ -261,7 +261,7 @@ def test_scene_text_reading_order():
     order, and draws nothing from the rng; the default order is a seeded shuffle."""
     import random
 
-    from visalign.world.base import scene_text
+    from visalign.methods.base_model import scene_text
 
     names = {1: "cup", 2: "fork", 3: "dog"}
     anns = [  # bbox = x, y, w, h
@@ -300,7 +300,7 @@ def test_scene_order_auto_follows_the_worlds_description_order():
     world whose config predates description_order is salience-ordered); an explicit order wins."""
     from types import SimpleNamespace
 
-    from visalign.world.base import base_config, resolve_scene_order
+    from visalign.methods.base_model import base_config, resolve_scene_order
 
     cfg = base_config("tiny")
     assert cfg.scene_order == "auto"
@@ -324,7 +324,7 @@ def test_base_with_packed_turns(tiny_world_dir, tiny_base_dir, tmp_path):
     from visalign.data.llava import load_llava_records
     from visalign.models import load_vlm
     from visalign.world import load_world
-    from visalign.world.base import base_config, build_base_model
+    from visalign.methods.base_model import base_config, build_base_model
 
     stages = tmp_path / "base.stages"
     src = tiny_base_dir.parent / (tiny_base_dir.name + ".stages")
@@ -361,17 +361,17 @@ def test_stage_loss_dataset_weighting(tiny_world_dir, tiny_base_dir):
     from visalign.losses import sft_loss
     from visalign.models import load_vlm
     from visalign.world import load_world
-    from visalign.world.base import _stage_loss, _text_collate, scene_lm_texts
+    from visalign.methods.base_model import stage_loss, text_collate, scene_lm_texts
 
     world = load_world(tiny_world_dir)
     items = scene_lm_texts(world, load_llava_records(world.llava_path("train")), 2, seed=0)
     tok = AutoTokenizer.from_pretrained(tiny_base_dir)
-    collate = _text_collate(tok)
+    collate = text_collate(tok)
     model = load_vlm(str(tiny_base_dir)).model
     short = collate(sorted(items, key=lambda it: len(it[1]))[:8])   # one-word answers
     with torch.no_grad():
-        batch_loss, _ = _stage_loss("batch", items, collate, 0, 8)(model, short)
-        ds = _stage_loss("dataset", items, collate, 0, 8)
+        batch_loss, _ = stage_loss("batch", items, collate, 0, 8)(model, short)
+        ds = stage_loss("dataset", items, collate, 0, 8)
         ds_loss, stats = ds(model, short)
         logits = model(**{k: v for k, v in short.items() if k != "labels"}).logits
     n_short = int((short["labels"][:, 1:] != -100).sum())
@@ -383,12 +383,12 @@ def test_stage_loss_dataset_weighting(tiny_world_dir, tiny_base_dir):
     normaliser = n_short / ratio
     assert normaliser > n_short
     with pytest.raises(ValueError, match="token_weighting"):
-        _stage_loss("tokens", items, collate, 0, 8)
+        stage_loss("tokens", items, collate, 0, 8)
     # unlikelihood: the CE plus its weight times the repetition loss on the same logits
     from visalign.losses import repetition_unlikelihood_loss
     long = collate(sorted(items, key=lambda it: -len(it[1]))[:4])    # descriptions
     with torch.no_grad():
-        ul_loss, ul_stats = _stage_loss("batch", items, collate, 0, 8, unlikelihood=0.5)(
+        ul_loss, ul_stats = stage_loss("batch", items, collate, 0, 8, unlikelihood=0.5)(
             model, long)
         lg = model(**{k: v for k, v in long.items() if k != "labels"}).logits
     ul = repetition_unlikelihood_loss(lg, long["labels"]).item()
@@ -397,7 +397,7 @@ def test_stage_loss_dataset_weighting(tiny_world_dir, tiny_base_dir):
     assert ul_loss.item() == pytest.approx(sft_loss(lg, long["labels"]).item() + 0.5 * ul,
                                            abs=1e-4)
     with pytest.raises(ValueError, match="unlikelihood"):
-        _stage_loss("batch", items, collate, 0, 8, unlikelihood=-1.0)
+        stage_loss("batch", items, collate, 0, 8, unlikelihood=-1.0)
 
 
 def test_base_stop_after_keeps_stages_and_resumes(tiny_world_dir, tiny_base_dir, tmp_path):
@@ -406,7 +406,7 @@ def test_base_stop_after_keeps_stages_and_resumes(tiny_world_dir, tiny_base_dir,
     import json
     import shutil
 
-    from visalign.world.base import base_config, build_base_model
+    from visalign.methods.base_model import base_config, build_base_model
 
     stages = tmp_path / "base.stages"
     src = tiny_base_dir.parent / (tiny_base_dir.name + ".stages")
@@ -432,7 +432,7 @@ def test_padding_free_stages_train_like_padded_ones(tiny_world_dir, tiny_base_di
     import json
     import shutil
 
-    from visalign.world.base import base_config, build_base_model
+    from visalign.methods.base_model import base_config, build_base_model
 
     src = tiny_base_dir.parent / (tiny_base_dir.name + ".stages")
     runs = {}

@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _print(result: dict, title: str, paths: tuple) -> None:
-    from visalign.eval.report import metrics_markdown
+    from visalign.report import metrics_markdown
 
     print(metrics_markdown(result["metrics"], title))
     print(f"wrote {paths[0]} and {paths[1]}")
@@ -87,7 +87,7 @@ def _print(result: dict, title: str, paths: tuple) -> None:
 def _chair(args: argparse.Namespace) -> int:
     from visalign.eval.captions import load_captions
     from visalign.eval.chair import Chair, load_synonyms
-    from visalign.eval.report import write_result
+    from visalign.report import write_result
 
     synonyms = load_synonyms(args.synonyms)
     chair = Chair.from_coco(args.instances, args.coco_captions, synonyms)
@@ -105,7 +105,7 @@ def _chair(args: argparse.Namespace) -> int:
 
 def _pope(args: argparse.Namespace) -> int:
     from visalign.eval.pope import score_pope
-    from visalign.eval.report import write_result
+    from visalign.report import write_result
     from visalign.io import read_records
 
     result = score_pope(read_records(args.questions), read_records(args.answers), args.split,
@@ -118,7 +118,7 @@ def _pope(args: argparse.Namespace) -> int:
 
 def _captions(args: argparse.Namespace) -> int:
     from visalign.eval.captions import caption_metrics, load_captions, load_references
-    from visalign.eval.report import write_result
+    from visalign.report import write_result
 
     result = caption_metrics(load_captions(args.captions), load_references(args.coco_captions),
                              meteor=not args.no_meteor, tokenizer=args.tokenizer,
@@ -135,7 +135,7 @@ def _captions(args: argparse.Namespace) -> int:
 def _judge(args: argparse.Namespace) -> int:
     from visalign.config import load_config
     from visalign.eval.judge import JudgeClient, JudgeConfig, JudgeError, judge_records
-    from visalign.eval.report import write_result
+    from visalign.report import write_result
     from visalign.io import read_records
 
     cfg = load_config(JudgeConfig, args.config, args.overrides)

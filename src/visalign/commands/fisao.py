@@ -41,7 +41,7 @@ def _register_calibrate(sub: argparse._SubParsersAction) -> None:
         description="Generate (or read) descriptions, label each mentioned object with CHAIR, "
                     "score it with the verifier, and write OUT/calibration.json for `visalign "
                     "train fisao`. Config keys (key=value): see CalibrateConfig in "
-                    "visalign.methods.fisao_calibrate (e.g. n_images=500 lam=0.5 "
+                    "visalign.methods.fisao.calibrate (e.g. n_images=500 lam=0.5 "
                     "percentiles=[1,99] template='a photo of a {}.').")
     c.add_argument("--model", help="model dir: the policy whose answers are calibrated")
     c.add_argument("--verifier", help="verifier CLIP dir (default MODEL/verifier)")
@@ -63,7 +63,7 @@ def _register_calibrate(sub: argparse._SubParsersAction) -> None:
 def calibrate_config(args: argparse.Namespace):
     """CalibrateConfig from defaults → --config → flags → key=value overrides."""
     from visalign.config import load_config, parse_overrides
-    from visalign.methods.fisao_calibrate import CalibrateConfig
+    from visalign.methods.fisao.calibrate import CalibrateConfig
 
     cfg = load_config(CalibrateConfig, args.config)
     flags = {k: getattr(args, k) for k in ("model", "verifier", "prompts", "answers",
@@ -75,7 +75,7 @@ def calibrate_config(args: argparse.Namespace):
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from visalign.methods.fisao_calibrate import calibrate_verifier
+    from visalign.methods.fisao.calibrate import calibrate_verifier
 
     cfg = calibrate_config(args)
     res = calibrate_verifier(cfg)
@@ -172,7 +172,7 @@ def _register_shift(sub: argparse._SubParsersAction) -> None:
 
 
 def _shift(args: argparse.Namespace) -> int:
-    from visalign.methods.fisao_calibrate import reward_shift
+    from visalign.methods.fisao.calibrate import reward_shift
 
     res = reward_shift(args.before, args.after, args.out, verifier=args.verifier,
                        calibration=args.calibration, entities=args.entities,

@@ -7,32 +7,17 @@ Config resolution order: dataclass defaults → ``--preset`` (packaged YAML) →
 from __future__ import annotations
 
 import argparse
-from importlib import resources
-from pathlib import Path
 
 from visalign.commands._common import add_config_args
-
-PRESETS = {"sft": ("cont-sft", "nsft"), "dpo": ("gt-dpo", "seva", "sima", "povid", "dpo"),
-           "fisao": ("fisao",)}
-
-
-def preset_path(name: str) -> Path:
-    p = resources.files("visalign") / "resources" / "presets" / f"{name}.yaml"
-    if not p.is_file():
-        raise ValueError(f"unknown preset {name!r}")
-    return Path(str(p))
+from visalign.methods.presets import PRESETS
 
 
 def resolve(kind: str, args: argparse.Namespace):
     """Build the trainer config for ``kind`` from preset, file, flags and overrides."""
     from visalign.config import load_config, parse_overrides
+    from visalign.methods.presets import preset_path, trainer_class
 
-    if kind == "sft":
-        from visalign.methods.sft import SftConfig as Cls
-    elif kind == "dpo":
-        from visalign.methods.dpo import DpoConfig as Cls
-    else:
-        from visalign.methods.fisao import FisaoConfig as Cls
+    Cls = trainer_class(kind)
     cfg = Cls()
     preset = getattr(args, "preset", None)
     if preset:
@@ -57,14 +42,10 @@ def resolve(kind: str, args: argparse.Namespace):
 
 def _run(kind: str):
     def handler(args: argparse.Namespace) -> int:
+        from visalign.methods.presets import trainer
+
         cfg = resolve(kind, args)
-        if kind == "sft":
-            from visalign.methods.sft import train_sft as fn
-        elif kind == "dpo":
-            from visalign.methods.dpo import train_dpo as fn
-        else:
-            from visalign.methods.fisao import train_fisao as fn
-        res = fn(cfg)
+        res = trainer(kind)(cfg)
         print(f"model: {res.model_dir}  ({res.steps} steps, {res.seconds:.1f}s)")
         return 0
     return handler

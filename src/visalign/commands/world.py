@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from visalign.commands._common import add_config_args
 
 if TYPE_CHECKING:  # torch-free at CLI start-up
-    from visalign.world.base import BaseModelConfig
+    from visalign.methods.base_model import BaseModelConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -96,7 +96,7 @@ def _register_base(sub: argparse._SubParsersAction) -> None:
 def base_config_from_args(args: argparse.Namespace) -> BaseModelConfig:
     """The resolved ``BaseModelConfig`` of a ``visalign world base`` command line."""
     from visalign.config import load_config
-    from visalign.world.base import BaseModelConfig, base_config
+    from visalign.methods.base_model import BaseModelConfig, base_config
 
     cfg = base_config(args.preset, args.overrides)
     if args.config:
@@ -109,7 +109,7 @@ def base_config_from_args(args: argparse.Namespace) -> BaseModelConfig:
 
 
 def _base(args: argparse.Namespace) -> int:
-    from visalign.world.base import build_base_model
+    from visalign.methods.base_model import build_base_model
 
     cfg = base_config_from_args(args)
     result = build_base_model(cfg)

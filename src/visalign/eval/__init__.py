@@ -8,12 +8,10 @@ from visalign.eval.captions import caption_metrics, load_captions, load_referenc
 from visalign.eval.chair import Chair, Mention, load_synonyms
 from visalign.eval.judge import JudgeClient, JudgeConfig, JudgeError, judge_records
 from visalign.eval.pope import build_pope, parse_yes_no, score_pope
-from visalign.eval.report import metrics_markdown, write_result
 
 __all__ = [
     "Chair", "Mention", "load_synonyms",
     "build_pope", "score_pope", "parse_yes_no",
     "caption_metrics", "load_captions", "load_references",
     "JudgeClient", "JudgeConfig", "JudgeError", "judge_records",
-    "metrics_markdown", "write_result",
 ]

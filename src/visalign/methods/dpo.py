@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from visalign.config import field
-from visalign.methods.sft import resolve_image
+from visalign.data.llava import resolve_image
 from visalign.training import TrainConfig, TrainResult, run_training
 
 
@@ -110,7 +110,7 @@ def pair_items(cfg: DpoConfig) -> list[dict]:
     root = cfg.image_root or str(Path(cfg.pairs).parent)
     items = []
     for i, p in enumerate(pairs):
-        image = resolve_image(p["image"], root)
+        image = str(resolve_image(p["image"], root or None))
         if not Path(image).is_file():
             raise DataError(cfg.pairs, f"image not found: {image} (image_root: {root})",
                             record=f"{i} (id {p['id']!r})", field="image")

@@ -17,7 +17,8 @@ from typing import Any
 
 from visalign.config import field
 from visalign.io import DataError
-from visalign.training import TrainConfig, TrainResult, run_training
+from visalign.training import (TrainConfig, TrainResult, conversation_items, make_collate,
+                                run_training)
 
 
 @dataclasses.dataclass
@@ -26,36 +27,6 @@ class SftConfig(TrainConfig):
     preset: str = field("", help="method name recorded with the run (cont-sft, nsft, ...)")
     kl_coef: float = field(0.0, help="weight of the per-token KL(ref||policy) on answer tokens")
     limit: int = field(0, help="use only the first N records (0 = all)")
-
-
-def resolve_image(path: str, image_root: str) -> str:
-    p = Path(path)
-    return str(p if p.is_absolute() or not image_root else Path(image_root) / p)
-
-
-def conversation_items(records: list[dict], image_root: str) -> list[dict]:
-    """Dataset items (image path + conversation) from validated LLaVA records."""
-    return [{"image": resolve_image(r["image"], image_root), "conversations": r["conversations"],
-             "id": r["id"]} for r in records]
-
-
-def _open_image(item: dict, source: Any = None):
-    from PIL import Image
-
-    try:
-        with Image.open(item["image"]) as im:
-            return im.convert("RGB")
-    except OSError as e:  # missing, unreadable or truncated file
-        raise DataError(source, f"cannot read image {item['image']}: {e}", record=item["id"],
-                        field="image") from None
-
-
-def make_collate(vlm: Any, max_length: int = 0, source: Any = None):
-    def collate(items: list[dict]) -> dict:
-        images = [_open_image(it, source) for it in items]
-        return vlm.encode(images, [it["conversations"] for it in items],
-                          max_length=max_length or None)
-    return collate
 
 
 def sft_loss_fn(kl_coef: float = 0.0, ref_model: Any = None):

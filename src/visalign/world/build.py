@@ -180,7 +180,8 @@ def image_id_for(split: str, index: int) -> int:
 # -- World: find the files of a built world ---------------------------------------------------
 @dataclass(frozen=True)
 class World:
-    """A built world directory and its ``world.json``; path helpers for every file."""
+    """A built world directory and its ``world.json``; path helpers for every file. A
+    :class:`visalign.data.source.DataSource`."""
 
     root: Path
     meta: dict = dataclasses.field(repr=False, compare=False)
@@ -253,6 +254,12 @@ class World:
 
     def image_path(self, split: str, image_id: int) -> Path:
         return self.image_root / export.image_rel_path(self._check(split), image_id)
+
+    def train_image_ids(self) -> list[int]:
+        """Every image of the train split, sorted (the data-source interface's alignment pool)."""
+        from visalign.data.coco import load_coco_instances
+
+        return sorted(load_coco_instances(self.instances_path(self.train_split)).getImgIds())
 
 
 def load_world(root: str | os.PathLike) -> World:
