@@ -51,6 +51,10 @@ class CompareConfig:
     pairs: dict = field({}, help="overrides of the pair builders (PairsConfig)")
     method_overrides: dict = field({}, help="per-method trainer overrides, e.g. "
                                             "{seva: {lr: 1e-5}}")
+    workers: int = field(0, help="cells trained and evaluated at once, each in its own process "
+                                 "(pinned to its share of the cores, or to one GPU each); 0 = "
+                                 "automatic: one per GPU, else one per core; 1 = one after "
+                                 "another in this process")
     progress: bool = field(True, help="progress bars and stage lines")
 
 
