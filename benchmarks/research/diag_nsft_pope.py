@@ -11,7 +11,7 @@ question matches REGEX (e.g. ``drop=^What color``). ``--set k=v`` overrides the 
 log P(Yes) − log P(No) on the data's existence questions (single turn), split by the answer the
 data teach, with the summed first-token gradient mass Σ(1 − p(taught answer)).
 
-    python benchmarks/diag_nsft_pope.py --grid GRID --out runs/nsft_pope_diag [--size 300] \
+    python benchmarks/research/diag_nsft_pope.py --grid GRID --out runs/nsft_pope_diag [--size 300] \
         [--variants full exist_only ...] [--set kl_coef=1.0 ...] [--skip-yes-no-loss]
 """
 

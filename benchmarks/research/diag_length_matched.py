@@ -4,7 +4,7 @@ Each cell's descriptions against the base's descriptions of the same images cut 
 length (:mod:`visalign.eval.length_matched`; ``visalign compare`` reports the same analysis for
 its own cells), and against the full base, with paired 95 % bootstrap intervals over images.
 
-    python benchmarks/diag_length_matched.py --world W --split val --base EVAL/base \
+    python benchmarks/research/diag_length_matched.py --world W --split val --base EVAL/base \
         --cells nsft-1200=EVAL/nsft-1200 fisao-2400=EVAL/fisao-2400 [--n-boot 2000]
 
 ``--base`` and each cell are evaluation dirs holding ``chair.json`` (``visalign eval``, a grid's
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
                      f"| {100 * c['chair_i']:.1f} | {100 * b['chair_i']:.1f} |")
     report = {"world": str(args.world), "split": args.split, "base": args.base,
               "base_metrics": rounded(caption_summary(base_caps)), "rows": rows, "table_md": "\n".join(table),
-              "command": shlex.join(["python", "benchmarks/diag_length_matched.py",
+              "command": shlex.join(["python", "benchmarks/research/diag_length_matched.py",
                                      *(argv if argv is not None else sys.argv[1:])])}
     print(json.dumps(report, indent=1, ensure_ascii=False))
     return report

@@ -6,7 +6,7 @@ degenerate descriptions (``visalign.eval.fluency``). Right: CHAIR against the po
 per-token KL to the reference (log scale), the same colours: past ~0.2 nats/token the policy
 writes broken words, which CHAIR counts as less hallucination.
 
-    python benchmarks/plot_fisao_scaling.py [--json benchmarks/results/fisao_data_scaling.json]
+    python benchmarks/research/plot_fisao_scaling.py [--json benchmarks/results/fisao_data_scaling.json]
         [--out benchmarks/results/fisao_data_scaling.png]
 """
 

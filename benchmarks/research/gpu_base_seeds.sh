@@ -10,7 +10,7 @@
 #   PRESET=small|tiny
 #   STAGES0=DIR     tokenizer/ and clip/ of seed 0 trained elsewhere on the same world (with
 #                   SHARED_CLIP=1: used instead of training them here)
-#   DIAG=1          afterwards, benchmarks/diag_lm_scene_descriptions.py on every run's LM
+#   DIAG=1          afterwards, benchmarks/research/diag_lm_scene_descriptions.py on every run's LM
 # Per-run files (eval.json, LM summaries, logs, diagnostics) end up in $OUT/runs.tgz.
 set -o pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -51,7 +51,7 @@ if [ "${DIAG:-0}" != 0 ]; then
   for m in /tmp/bs/*/seed*.stages/lm_pretrain/model; do
     run=$(echo $m | cut -d/ -f4)_$(echo $m | cut -d/ -f5 | cut -d. -f1)
     order=$(grep -h '^scene_order:' $(dirname $(dirname $m))/base_config.yaml 2>/dev/null | awk '{print $2}')
-    OMP_NUM_THREADS=1 python3 benchmarks/diag_lm_scene_descriptions.py --world /tmp/w --model $m \
+    OMP_NUM_THREADS=1 python3 benchmarks/research/diag_lm_scene_descriptions.py --world /tmp/w --model $m \
       --scene-order ${order:-random} >$OUT/diag_$run.json 2>$OUT/diag_$run.err &
   done
   wait

@@ -3,12 +3,13 @@ one JSON object.
 
 For each POPE split and each evaluation directory: the "Yes" rate on present objects the base's
 description of that image named vs did not name, and on absent objects it hallucinated vs did
-not. Tests whether a method that lowers the Yes rate (nSFT, stop 16) learned "answer Yes only to
-what you would describe" (the drop sits on unnamed present objects) or a plain bias towards
-"No" (the drop is spread evenly). Questions come from the world's cached POPE files, so run it on
+not (:mod:`visalign.analysis.pope_by_mention`). Tests whether a method that moves the Yes rate
+learned "answer Yes only to what you would describe" (the change sits on unnamed present
+objects) or a plain bias (the change is spread evenly). For an nSFT cell it also counts the
+yes/no answers its data teach. Questions come from the world's cached POPE files, so run it on
 evaluations made with the same world and eval settings (a `visalign compare`/`demo` output).
 
-    python benchmarks/diag_pope_yes_by_mention.py --run DEMO [--cells base nsft-300 ...] \
+    python benchmarks/research/diag_pope_yes_by_mention.py --run DEMO [--cells base nsft-300 ...] \
         [--extra NAME=EVAL_DIR ...] [--split val] [--pope-images 200] [--seed 0]
 """
 
@@ -34,8 +35,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
+    from visalign.analysis.pope_by_mention import yes_rate_by_mention
     from visalign.eval.chair import Chair, load_synonyms
-    from visalign.eval.pope import SPLITS, parse_yes_no
+    from visalign.eval.pope import SPLITS
     from visalign.eval.suite import pope_questions_path
     from visalign.io import read_jsonl
     from visalign.world import load_world
@@ -69,22 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
             if not apath.exists():
                 continue
             ans = {r["question_id"]: r["answer"] for r in read_jsonl(apath)}
-            n: collections.Counter = collections.Counter()
-            yes: collections.Counter = collections.Counter()
-            for q in qs:
-                if q["question_id"] not in ans or q["image_id"] not in named:
-                    continue
-                base_named = q["object"] in named[q["image_id"]]
-                if q["label"] == "yes":
-                    key = "present_named" if base_named else "present_unnamed"
-                else:
-                    key = "absent_hallucinated" if base_named else "absent_unnamed"
-                said_yes = parse_yes_no(ans[q["question_id"]]) == "yes"
-                for k in (key, "all"):
-                    n[k] += 1
-                    yes[k] += said_yes
-            report["cells"].setdefault(cell, {})[sp] = {
-                k: {"yes_rate": round(yes[k] / n[k], 4), "questions": n[k]} for k in sorted(n)}
+            report["cells"].setdefault(cell, {})[sp] = yes_rate_by_mention(qs, ans, named)
     for cell in cells:
         data_dir = run / "cells" / cell / "nsft_data"
         if (data_dir / "nsft.json").exists():

@@ -6,7 +6,7 @@ the base (each trainer seed a point, the line through seed 0), with the issues' 
 −20 %, FiSAO −15 %). Bottom: words per description, which shows when a lower CHAIR is only
 shorter text.
 
-    python benchmarks/plot_method_scaling.py [--json benchmarks/results/method_scaling_stop25.json]
+    python benchmarks/research/plot_method_scaling.py [--json benchmarks/results/method_scaling_stop25.json]
         [--out benchmarks/results/method_scaling_stop25.png]
 """
 

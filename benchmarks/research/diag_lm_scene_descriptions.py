@@ -7,10 +7,10 @@ recall here is a ceiling on what the VLM's descriptions can reach through that L
 how often an object sentence only repeats objects the description already named (the main way
 the micro-world base loses recall).
 
-    python benchmarks/diag_lm_scene_descriptions.py --world W --model STAGES/lm_pretrain/model \
+    python benchmarks/research/diag_lm_scene_descriptions.py --world W --model STAGES/lm_pretrain/model \
         [--tokenizer STAGES/tokenizer] [--scene-order random|reading|category|rank] [--images 100] \
         [--out captions.json]
-    python benchmarks/diag_lm_scene_descriptions.py --chair-json EVALDIR/chair.json [--world W]
+    python benchmarks/research/diag_lm_scene_descriptions.py --chair-json EVALDIR/chair.json [--world W]
         # the same repetition statistics for a VLM's evaluated descriptions (with --world also
         # recall over objects with a large instance vs small-only objects)
 """
@@ -20,63 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 from pathlib import Path
-
-
-def repeat_stats(captions: list[dict]) -> dict:
-    """Object sentences (after the first) that name only objects named before, over CHAIR's
-    per-caption records (``caption`` + ``mentions`` with character spans)."""
-    rep = tot = 0
-    unique = 0
-    for c in captions:
-        text = c["caption"]
-        seen: set[str] = set()
-        pos = 0
-        for k, s in enumerate(x for x in re.split(r"(?<=\.)\s+", text) if x):
-            st = text.find(s, pos)
-            pos = st + len(s)
-            ms = [m["category"] for m in c["mentions"] if m["start"] >= st and m["end"] <= pos]
-            if k and ms:
-                tot += 1
-                rep += all(x in seen for x in ms)
-            seen |= set(ms)
-        unique += len(seen)
-    return {"object_sentences": tot, "repeat_only_sentences": rep,
-            "repeat_only_share": round(rep / tot, 4) if tot else None,
-            "unique_objects_per_caption": round(unique / max(1, len(captions)), 3)}
-
-
-def recall_by_size(captions: list[dict], instances_json: str) -> dict:
-    """Recall over the present categories of each image, split into those with a large
-    instance and those with small instances only (the world's ``size`` attribute)."""
-    inst = json.loads(Path(instances_json).read_text())
-    names = {c["id"]: c["name"] for c in inst["categories"]}
-    large: dict[int, dict[str, bool]] = {}
-    for a in inst["annotations"]:
-        seen = large.setdefault(a["image_id"], {})
-        n = names[a["category_id"]]
-        seen[n] = seen.get(n, False) or a.get("size") == "large"
-    out = {}
-    for label, want in (("large", True), ("small_only", False)):
-        hit = tot = 0
-        for c in captions:
-            named = {m["category"] for m in c["mentions"]}
-            for n, is_large in large.get(c["image_id"], {}).items():
-                if is_large == want:
-                    tot += 1
-                    hit += n in named
-        out[label] = {"objects": tot, "recall": round(hit / tot, 4) if tot else None}
-    return out
 
 
 def main() -> int:
     import torch
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
+    from visalign.analysis.recall_by_object import recall_by_size_class
+    from visalign.analysis.repetition import object_repetition
     from visalign.data.coco import load_coco_instances
     from visalign.eval.chair import Chair, load_synonyms
+    from visalign.io import read_json
     from visalign.world import load_world
     from visalign.world.base import scene_text, world_chat_template
     from visalign.world.vocab import KEYED_ORDERS
@@ -97,11 +53,11 @@ def main() -> int:
     if args.chair_json:
         res = json.loads(Path(args.chair_json).read_text())
         row = {"chair_json": args.chair_json, "chair": res["metrics"],
-               "repetition": repeat_stats(res["captions"])}
+               "repetition": object_repetition(res["captions"])}
         if args.world:
-            row["recall_by_size"] = recall_by_size(
-                res["captions"], str(load_world(args.world).instances_path(
-                    load_world(args.world).eval_split)))
+            world = load_world(args.world)
+            row["recall_by_size"] = recall_by_size_class(
+                res["captions"], read_json(world.instances_path(world.eval_split)))
         print(json.dumps(row, indent=1))
         return 0
     if not (args.world and args.model):
@@ -141,7 +97,7 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     print(json.dumps({"model": args.model, "images": len(rows), "chair": res["metrics"],
-                      "repetition": repeat_stats(res["captions"]),
+                      "repetition": object_repetition(res["captions"]),
                       "examples": [r["caption"] for r in rows[:3]]}, indent=1))
     return 0
 
