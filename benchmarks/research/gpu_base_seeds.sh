@@ -2,7 +2,7 @@
 # Base-recipe seed sweeps on a lent GPU machine (python3 3.12 with torch there; our other
 # dependencies as wheels in .whl: pycocotools, inflect, jaraco.functools, more-itertools,
 # typeguard). Needs $OUT. Settings from the environment, defaults = the sweep of
-# benchmarks/results/base_seeds_gpu.json:
+# benchmarks/results/base_seed_spread_and_packing.json:
 #   DEADLINE=s      cap of the whole sweep (default 450)
 #   WORLD_ARGS=...  `visalign world build` overrides, e.g. description_order=reading
 #   RECIPES="a=k=v,k=v b=..."   recipes (bench_base_seeds.py --recipe), space-separated

@@ -1,13 +1,14 @@
-"""Figure of benchmarks/results/method_scaling_stop25.json: CHAIR change against the alignment
+"""Figure of benchmarks/results/method_scaling.json: CHAIR change against the alignment
 set's size for continual SFT, nSFT and FiSAO; prints the PNG's path as JSON.
 
 One panel per split (the grid's val, the 2,000 fresh images). Top: relative CHAIR change against
-the base (each trainer seed a point, the line through seed 0), with the issues' targets (nSFT
+the base (each trainer seed a point, the line through seed 0), with the papers' targets (nSFT
 −20 %, FiSAO −15 %). Bottom: words per description, which shows when a lower CHAIR is only
 shorter text.
 
-    python benchmarks/research/plot_method_scaling.py [--json benchmarks/results/method_scaling_stop25.json]
-        [--out benchmarks/results/method_scaling_stop25.png]
+    python benchmarks/research/plot_method_scaling.py \
+        [--json benchmarks/results/method_scaling.json] \
+        [--out benchmarks/results/method_scaling.png]
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def series(rows: list[dict]) -> dict[str, dict[int, list[dict]]]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", default="benchmarks/results/method_scaling_stop25.json")
-    ap.add_argument("--out", default="benchmarks/results/method_scaling_stop25.png")
+    ap.add_argument("--json", default="benchmarks/results/method_scaling.json")
+    ap.add_argument("--out", default="benchmarks/results/method_scaling.png")
     args = ap.parse_args(argv)
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
