@@ -18,7 +18,8 @@ A world's first N training scenes do not depend on ``n_train`` (per-image seeds)
 tokenises the same way.
 
     visalign world build --out W36 --preset small --seed 0 n_train=36000
-    python benchmarks/research/diag_clip_data.py --world W36 --runs 3000:12 36000:1 --out clip_data.json
+    python benchmarks/research/diag_clip_data.py --world W36 --runs 3000:12 36000:1 \
+        --out clip_data.json
 """
 
 from __future__ import annotations

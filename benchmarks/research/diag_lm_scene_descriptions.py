@@ -7,10 +7,11 @@ recall here is a ceiling on what the VLM's descriptions can reach through that L
 how often an object sentence only repeats objects the description already named (the main way
 the micro-world base loses recall).
 
-    python benchmarks/research/diag_lm_scene_descriptions.py --world W --model STAGES/lm_pretrain/model \
-        [--tokenizer STAGES/tokenizer] [--scene-order random|reading|category|rank] [--images 100] \
-        [--out captions.json]
-    python benchmarks/research/diag_lm_scene_descriptions.py --chair-json EVALDIR/chair.json [--world W]
+    python benchmarks/research/diag_lm_scene_descriptions.py --world W \
+        --model STAGES/lm_pretrain/model [--tokenizer STAGES/tokenizer] \
+        [--scene-order random|reading|category|rank] [--images 100] [--out captions.json]
+    python benchmarks/research/diag_lm_scene_descriptions.py --chair-json EVALDIR/chair.json \
+        [--world W]
         # the same repetition statistics for a VLM's evaluated descriptions (with --world also
         # recall over objects with a large instance vs small-only objects)
 """

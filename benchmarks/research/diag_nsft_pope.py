@@ -11,8 +11,8 @@ question matches REGEX (e.g. ``drop=^What color``). ``--set k=v`` overrides the 
 log P(Yes) − log P(No) on the data's existence questions (single turn), split by the answer the
 data teach, with the summed first-token gradient mass Σ(1 − p(taught answer)).
 
-    python benchmarks/research/diag_nsft_pope.py --grid GRID --out runs/nsft_pope_diag [--size 300] \
-        [--variants full exist_only ...] [--set kl_coef=1.0 ...] [--skip-yes-no-loss]
+    python benchmarks/research/diag_nsft_pope.py --grid GRID --out runs/nsft_pope_diag \
+        [--size 300] [--variants full exist_only ...] [--set kl_coef=1.0 ...] [--skip-yes-no-loss]
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ degenerate descriptions (``visalign.eval.fluency``). Right: CHAIR against the po
 per-token KL to the reference (log scale), the same colours: past ~0.2 nats/token the policy
 writes broken words, which CHAIR counts as less hallucination.
 
-    python benchmarks/research/plot_fisao_scaling.py [--json benchmarks/results/fisao_data_scaling.json]
+    python benchmarks/research/plot_fisao_scaling.py \
+        [--json benchmarks/results/fisao_data_scaling.json] \
         [--out benchmarks/results/fisao_data_scaling.png]
 """
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
                      xytext=(4, 2), textcoords="offset points")
     bx, by = 100 * base["chair"], 100 * base["pope_f1"]
     ax1.scatter([bx], [by], marker="x", s=80, color="black", label="base")
-    ax1.axvline(0.85 * bx, ls=":", color="grey", lw=1, label="-15 % CHAIR (#6 target)")
+    ax1.axvline(0.85 * bx, ls=":", color="grey", lw=1, label="-15 % CHAIR (FiSAO's target)")
     ax1.axhline(by, ls="--", color="grey", lw=1, label="base POPE F1")
     ax1.set_xlabel("CHAIR (val), lower is better")
     ax1.set_ylabel("POPE F1 (val)")
