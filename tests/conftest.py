@@ -11,11 +11,16 @@ import pytest
 
 @pytest.fixture(scope="session")
 def load_benchmark():
-    """``load_benchmark("bench_x")`` -> the module ``benchmarks/bench_x.py`` (the benchmark
-    scripts are not a package)."""
+    """``load_benchmark("bench_x")`` -> the module ``benchmarks/bench_x.py``, or
+    ``benchmarks/research/bench_x.py`` for a research script (the benchmark scripts are not a
+    package)."""
+    root = Path(__file__).parents[1] / "benchmarks"
+
     def load(name: str):
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+        path = root / f"{name}.py"
+        if not path.exists():
+            path = root / "research" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod
