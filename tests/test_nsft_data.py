@@ -12,13 +12,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from visalign.eval.judge import JudgeConfig
-from visalign.methods.codebook import (CATEGORY_KEYS, NSFT_PROMPT, UNSPECIFIED, match_category,
-                                       nsft_messages)
-from visalign.methods.nsft_data import (QA, SHORT_ANSWER_CATEGORIES, AnnotationJudge,
-                                        GroundTruth, LLMJudge, LLMParseError, NsftDataConfig,
-                                        balance_yes_no, build_nsft_data, clip_words,
-                                        doubled_pairs, is_short, limit_is_are, parse_llm_reply,
-                                        report_markdown, short_answer_correct)
+from visalign.methods.nsft import (CATEGORY_KEYS, NSFT_PROMPT, QA, SHORT_ANSWER_CATEGORIES,
+                                   UNSPECIFIED, AnnotationJudge, GroundTruth, LLMJudge,
+                                   LLMParseError, NsftDataConfig, balance_yes_no,
+                                   build_nsft_data, clip_words, doubled_pairs, is_short,
+                                   limit_is_are, match_category, nsft_messages, parse_llm_reply,
+                                   report_markdown, short_answer_correct)
 
 # ---------------------------------------------------------------------------------------------
 # Hand-made ground truth: image 1 is a kitchen (a red cup on the left, two brown dogs on the
