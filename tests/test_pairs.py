@@ -281,7 +281,7 @@ INSTANCES = {
 
 @pytest.fixture(scope="module")
 def gt():
-    from visalign.methods.nsft_data import GroundTruth
+    from visalign.methods.nsft import GroundTruth
 
     return GroundTruth(INSTANCES)
 

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "build", help="judge a model's answers and write corrective conversations",
         description=__doc__ + "\nConfig keys (key=value): see NsftDataConfig in "
-                              "visalign.methods.nsft_data (e.g. yes_ratio_target=0.5, "
+                              "visalign.methods.nsft (e.g. yes_ratio_target=0.5, "
                               "a minimum Yes share; keep_gt_long=true llm.model=gpt-4o).")
     b.add_argument("--data", required=True, help="alignment data: LLaVA records (JSON/JSONL)")
     b.add_argument("--image-root", default=None,
@@ -49,9 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _build(args: argparse.Namespace) -> int:
     from visalign.config import ConfigError, load_config, save_run_config
     from visalign.io import atomic_write_text, read_jsonl, read_records, write_json
-    from visalign.methods.nsft_data import (AnnotationJudge, GroundTruth, LLMJudge,
-                                            NsftDataConfig, build_nsft_data, model_answers,
-                                            report_markdown)
+    from visalign.methods.nsft import (AnnotationJudge, GroundTruth, LLMJudge, NsftDataConfig,
+                                       build_nsft_data, model_answers, report_markdown)
 
     cfg = load_config(NsftDataConfig, args.config, args.overrides)
     if args.judge:

@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     image_root = args.image_root or str(Path(args.data).parent)
     gt = None
     if method == "povid":
-        from visalign.methods.nsft_data import GroundTruth
+        from visalign.methods.nsft import GroundTruth
 
         gt = (GroundTruth.from_files(args.instances, args.coco_captions, args.synonyms)
               if args.instances else None)
