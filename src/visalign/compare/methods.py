@@ -137,10 +137,12 @@ def _cli(argv: list[str]) -> None:
 
 
 def _build_nsft(source: Any, base: Path, align: Path, out: Path, cfg: CompareConfig) -> None:
+    from visalign.methods.nsft import NsftDataConfig, write_nsft_data
+
     inst, caps, syn = _annotations(source)
-    _cli(["nsft", "build", "--data", str(align), "--image-root", str(source.image_root),
-          "--model", str(base), "--instances", inst, "--coco-captions", caps,
-          "--synonyms", syn, "--out", str(out), *_kv({"seed": cfg.seed, **cfg.nsft_data})])
+    ncfg = load_config(NsftDataConfig, None, {"seed": cfg.seed, **cfg.nsft_data})
+    write_nsft_data(ncfg, align, out, image_root=source.image_root, model=str(base),
+                    instances=inst, captions=caps, synonyms=syn)
 
 
 def _build_pairs(method: str, source: Any, base: Path, align: Path, out: Path,

@@ -101,7 +101,8 @@ from visalign.methods.nsft.answers import (SHORT_ANSWER_CATEGORIES, doubled_pair
                                            normalize_answer, short_answer_correct,
                                            short_answer_errors)
 from visalign.methods.nsft.balance import add_yes_pairs, balance_yes_no
-from visalign.methods.nsft.build import build_nsft_data, model_answers, report_markdown
+from visalign.methods.nsft.build import (build_nsft_data, model_answers, report_markdown,
+                                         write_nsft_data)
 from visalign.methods.nsft.codebook import (CATEGORY_KEYS, CODEBOOK, IMAGE_LEVEL, INSTANCE_LEVEL,
                                             NSFT_PROMPT, UNSPECIFIED, Category, category,
                                             level_of, match_category, nsft_messages)
@@ -116,7 +117,7 @@ __all__ = [
     "NsftDataConfig", "SHORT_TASKS", "Error", "QA", "Verdict", "Judge", "JudgeSkip",
     "LLMParseError", "GroundTruth", "GTObject", "region_compatible", "region_contains",
     "region_phrase", "region_question", "AnnotationJudge", "SIZE_WORDS", "LLMJudge",
-    "ParsedReply", "parse_llm_reply", "build_nsft_data", "model_answers", "report_markdown",
+    "ParsedReply", "parse_llm_reply", "build_nsft_data", "write_nsft_data", "model_answers", "report_markdown",
     "doubled_pairs", "balance_yes_no", "add_yes_pairs", "limit_is_are", "clip_words",
     "template_conversation", "normalize_answer", "short_answer_correct", "short_answer_errors",
     "is_short", "SHORT_ANSWER_CATEGORIES", "CODEBOOK", "Category", "category", "CATEGORY_KEYS",

@@ -290,3 +290,68 @@ def report_markdown(report: Mapping) -> str:
         lines += ["", "## Skipped records", "", "| id | reason |", "|---|---|"]
         lines += [f"| {s['id']} | {s['reason']} |" for s in report["skipped"]["records"]]
     return "\n".join(lines) + "\n"
+
+
+def write_nsft_data(cfg: NsftDataConfig, data: str | os.PathLike, out: str | os.PathLike, *,
+                    image_root: str | os.PathLike | None = None, model: Any = None,
+                    answers: str | os.PathLike | None = None,
+                    instances: str | os.PathLike | None = None,
+                    captions: str | os.PathLike | None = None,
+                    synonyms: str | os.PathLike | None = None) -> dict:
+    """``visalign nsft build`` as a function: judge a model's answers to ``data`` and write
+    ``out/nsft.json`` (LLaVA conversations), ``report.json`` / ``report.md`` and
+    ``config.yaml``; returns the report.
+
+    The answers come from ``model`` (generated greedily into ``out/answers.jsonl``, resumable)
+    or from an ``answers`` JSONL. The judge is ``cfg.judge``: ``annotation`` needs
+    ``instances`` (COCO), ``llm`` an endpoint (``cfg.llm``). Settings and endpoint failures are
+    :class:`~visalign.config.ConfigError` lines, raised before any generation where possible;
+    relative image paths start at ``image_root`` (default: the data file's directory).
+    """
+    from pathlib import Path
+
+    from visalign.config import ConfigError, save_run_config
+    from visalign.eval.judge import JudgeError
+    from visalign.io import atomic_write_text, read_jsonl, read_records, write_json
+    from visalign.methods.nsft.annotation_judge import AnnotationJudge
+    from visalign.methods.nsft.llm_judge import LLMJudge
+
+    if (model is None) == (answers is None):
+        raise ConfigError("nsft build needs exactly one of a model and an answers file")
+    if cfg.judge not in ("annotation", "llm"):
+        raise ConfigError(f"judge must be 'annotation' or 'llm', got {cfg.judge!r}")
+    if cfg.judge == "annotation" and not instances:
+        raise ConfigError("--judge annotation needs --instances (COCO instances JSON)")
+    try:  # judge settings are checked before any (long) generation
+        judge = AnnotationJudge(cfg) if cfg.judge == "annotation" else LLMJudge(cfg=cfg)
+    except JudgeError as e:
+        raise ConfigError(f"LLM judge: {e}") from None
+    records = read_records(data)
+    image_root = str(image_root or Path(data).parent)
+    gt = GroundTruth.from_files(instances, captions, synonyms) if instances else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if model is not None:
+        answers_path = out / "answers.jsonl"
+        got = model_answers(model, records, answers_path, cfg, image_root=image_root)
+    else:
+        answers_path = Path(answers)
+        got = read_jsonl(answers_path, tolerate_partial_last_line=True)
+    try:
+        built, report = build_nsft_data(records, got, gt, cfg, judge)
+    except JudgeError as e:
+        # Settings or endpoint failures: one line (replies so far are cached; a re-run resumes).
+        raise ConfigError(f"LLM judge: {e}") from None
+    report["inputs"] = {"data": str(data), "image_root": image_root,
+                        "answers": str(answers_path),
+                        "model": model if model is None or isinstance(model, str) else str(model),
+                        "instances": None if instances is None else str(instances),
+                        "coco_captions": None if captions is None else str(captions),
+                        "synonyms": None if synonyms is None else str(synonyms)}
+    if hasattr(judge, "client") and hasattr(judge.client, "stats"):
+        report["judge_client"] = dict(judge.client.stats)
+    write_json(out / "nsft.json", built)
+    write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", report_markdown(report))
+    save_run_config(cfg, out)
+    return report
