@@ -1,6 +1,6 @@
 """``visalign pairs gt-dpo|seva|sima|povid``: build a DPO preference-pair file.
 
-The pair file format is documented in :mod:`visalign.methods.pairs`; train it with
+The pair file format is documented in :mod:`visalign.methods.pairs.common`; train it with
 ``visalign train dpo``. Each command writes ``--out`` (``.jsonl`` -> JSONL, else a JSON list),
 ``<out>.stats.json`` (what was built and skipped) and ``<out>.config.yaml``. With ``--model``
 the responses are generated here (resumable, in ``<out stem>_work/``); noised images for SeVa
@@ -62,16 +62,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Handler (the work is visalign.methods.pair_sources.build_method_pairs)
+# Handler (the work is visalign.methods.pairs.build_method_pairs)
 # ---------------------------------------------------------------------------------------------
 
 def _run(args: argparse.Namespace) -> int:
     from visalign.config import load_config, save_run_config
     from visalign.io import read_records, write_json
-    from visalign.methods import pairs as P
-    from visalign.methods.pair_sources import build_method_pairs, check_inputs
+    from visalign.methods.pairs import PairsConfig, build_method_pairs, check_inputs, write_pairs
 
-    cfg = load_config(P.PairsConfig, args.config, args.overrides)
+    cfg = load_config(PairsConfig, args.config, args.overrides)
     method = args.method
     out = Path(args.out)
     records = read_records(args.data)
@@ -98,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if not pairs:
         raise ValueError(f"pairs {method}: no pairs could be built ({stats})")
-    P.write_pairs(out, pairs)
+    write_pairs(out, pairs)
     stats["inputs"] = {"data": str(args.data), "model": args.model}
     write_json(out.parent / f"{out.name}.stats.json", stats)
     save_run_config(cfg, out.parent, name=f"{out.name}.config.yaml")

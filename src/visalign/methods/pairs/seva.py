@@ -1,4 +1,5 @@
-"""Diffusion-noise image corruption, as SeVa (and POVID's second stage) use it.
+"""SeVa pairs: chosen = the model's answer on the image, rejected = its answer on the image
+corrupted by diffusion noise; and that noise, which POVID's second stage uses too.
 
 SeVa ("Self-supervised Visual Preference Alignment") builds the *rejected* response by asking
 the model about an augmented image; its strongest augmentation is the forward diffusion process
@@ -13,23 +14,37 @@ step indexes the cumulative product from 0 exactly as that code does (``alphas_b
 so ``step=500`` here is SeVa's ``noise_step=500`` (its default). The DDPM linear schedule
 (1e-4 → 0.02) is available as ``schedule="linear"``; it is far stronger at the same step.
 
+:func:`build_seva_pairs` takes both answers as given
+(:func:`visalign.methods.pairs.build.build_method_pairs` generates them, noising the images
+with :func:`diffusion_noise`). Pairs identical after normalisation are skipped and counted.
+
 Departures (documented): the result must be a viewable image, so x_t is mapped back to pixels
 (un-normalised), clipped to [0, 255] and quantised to 8-bit RGB, where SeVa feeds the
 un-clipped float tensor to the vision tower; and the noise is drawn at the image's stored
 resolution, so a processor that later downsizes the image averages part of it away (resize the
 image to the model's input size first to match SeVa exactly; ``visalign pairs`` does this with
-``noise_resize``).
+``noise_resize``). DPO scores both responses on the original image (the noised image is only
+recorded, as ``rejected_image``).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
+from visalign.data.llava import first_exchange
+from visalign.methods.pairs.common import (answer_map, check_record, make_pair,
+                                           normalize_response, rejected_image_map)
+
 __all__ = ["linear_betas", "sigmoid_betas", "betas", "alpha_bar", "diffusion_noise",
-           "SEVA_NOISE_STEP", "CLIP_MEAN", "CLIP_STD"]
+           "SEVA_NOISE_STEP", "CLIP_MEAN", "CLIP_STD", "build_seva_pairs"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Diffusion noise
+# ---------------------------------------------------------------------------------------------
 
 SEVA_NOISE_STEP = 500
 NUM_STEPS = 1000
@@ -87,3 +102,46 @@ def diffusion_noise(image: Image.Image, step: int = SEVA_NOISE_STEP, seed: int =
     xt = np.sqrt(ab) * x + np.sqrt(1.0 - ab) * eps
     out = np.clip((xt * s + m) * 255.0, 0, 255).round().astype(np.uint8)
     return Image.fromarray(out)  # (H, W, 3) uint8 -> RGB
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs
+# ---------------------------------------------------------------------------------------------
+
+def build_seva_pairs(records: Sequence[Mapping], answers_clean: Any, answers_noisy: Any, *,
+                     noise_step: int | None = None,
+                     rejected_images: Mapping[str, str] | None = None
+                     ) -> tuple[list[dict], dict]:
+    """chosen = answer on the original image, rejected = answer on the noised image.
+
+    ``answers_noisy`` records may carry ``image`` (the noised image they were generated from);
+    it, or ``rejected_images[id]``, becomes the informative ``rejected_image`` field.
+    """
+    clean = answer_map(answers_clean, "clean answers")
+    noisy = answer_map(answers_noisy, "noisy answers")
+    rej_img = rejected_image_map(answers_noisy, rejected_images)
+    pairs, identical, missing, empty = [], [], [], []
+    for i, rec in enumerate(records):
+        check_record(rec, i)
+        prompt, _ = first_exchange(rec, i)
+        rid = str(rec["id"])
+        if rid not in clean or rid not in noisy:
+            missing.append(rid)
+            continue
+        if not clean[rid].strip() or not noisy[rid].strip():
+            empty.append(rid)
+            continue
+        if normalize_response(clean[rid]) == normalize_response(noisy[rid]):
+            identical.append(rid)
+            continue
+        p = make_pair(rec, prompt, clean[rid], noisy[rid],
+                      {"method": "seva", **({"noise_step": noise_step} if noise_step is not None
+                                            else {})})
+        if rid in rej_img and rej_img[rid] != rec["image"]:
+            p["rejected_image"] = rej_img[rid]
+        pairs.append(p)
+    return pairs, {"method": "seva", "n_records": len(records), "n_pairs": len(pairs),
+                   "noise_step": noise_step, "skipped_identical": len(identical),
+                   "skipped_identical_ids": identical, "skipped_no_answer": len(missing),
+                   "skipped_no_answer_ids": missing, "skipped_empty": len(empty),
+                   "skipped_empty_ids": empty}

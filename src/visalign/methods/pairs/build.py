@@ -1,8 +1,10 @@
 """Where preference pairs come from: the model's own answers, noised images, sampled responses.
 
-:mod:`visalign.methods.pairs` turns given answers into pairs and never touches a model; this
-module supplies those answers (generating them with a VLM when none are given) and calls the
-right builder: :func:`build_method_pairs` is ``visalign pairs <method>`` without the files.
+The builders (:mod:`~visalign.methods.pairs.gt_dpo`, :mod:`~visalign.methods.pairs.seva`,
+:mod:`~visalign.methods.pairs.sima`, :mod:`~visalign.methods.pairs.povid`) turn given answers
+into pairs and never touch a model; this module supplies those answers (generating them with a
+VLM when none are given) and calls the right builder: :func:`build_method_pairs` is
+``visalign pairs <method>`` without the files.
 
 Generated answers are resumable files in ``work_dir`` (``answers.jsonl``, ``samples.jsonl``,
 ``answers_noise_<tag>.jsonl``); noised images go to ``work_dir/noised/``. Their names carry the
@@ -20,7 +22,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from visalign.config import ConfigError
-from visalign.methods.pairs import METHODS, PairsConfig
+from visalign.methods.pairs.common import METHODS, PairsConfig
+from visalign.methods.pairs.gt_dpo import build_gt_dpo_pairs
+from visalign.methods.pairs.povid import build_povid_pairs
+from visalign.methods.pairs.seva import build_seva_pairs, diffusion_noise
+from visalign.methods.pairs.sima import SimaRanker, build_sima_pairs
 
 __all__ = ["PairModel", "build_method_pairs", "check_inputs", "noised_records", "noise_tag",
            "read_samples"]
@@ -117,8 +123,6 @@ def noised_records(records: Sequence[dict], model: PairModel, work_dir: str | os
                    cfg: PairsConfig) -> list[dict]:
     """Copies of ``records`` pointing at diffusion-noised images (absolute paths to PNGs in
     ``work_dir/noised/``, written once)."""
-    from visalign.methods.image_noise import diffusion_noise
-
     noised_dir = Path(work_dir) / "noised"
     noised_dir.mkdir(parents=True, exist_ok=True)
     tag = noise_tag(cfg)
@@ -207,7 +211,7 @@ def build_method_pairs(method: str, records: Sequence[dict], *, cfg: PairsConfig
                        gt: Any = None, client: Any = None, progress: bool = True
                        ) -> tuple[list[dict], dict]:
     """Preference pairs of ``method`` (``gt-dpo``, ``seva``, ``sima``, ``povid``) for LLaVA
-    ``records``; returns ``(pairs, stats)`` as the builders in :mod:`visalign.methods.pairs`.
+    ``records``; returns ``(pairs, stats)`` as the builders do.
 
     Inputs not given are generated with ``model`` (a model dir, loaded here, or a loaded
     :class:`PairModel`) into ``work_dir``: ``answers`` (greedy answers on the images; gt-dpo,
@@ -222,8 +226,6 @@ def build_method_pairs(method: str, records: Sequence[dict], *, cfg: PairsConfig
     ``povid_editor=llm`` (default: a :class:`visalign.eval.judge.JudgeClient` of
     ``cfg.llm``). Image paths in the pairs are the records'; noised ones are absolute.
     """
-    from visalign.methods import pairs as P
-
     cfg = cfg or PairsConfig()
     check_inputs(method, cfg, model=model, answers=answers, noisy_answers=noisy_answers)
     if model is not None and not isinstance(model, PairModel):
@@ -237,13 +239,13 @@ def build_method_pairs(method: str, records: Sequence[dict], *, cfg: PairsConfig
     if method == "gt-dpo":
         rows = (_rows(answers) if answers is not None
                 else model.answers(records, work() / "answers.jsonl"))
-        return P.build_gt_dpo_pairs(records, rows)
+        return build_gt_dpo_pairs(records, rows)
     if method == "seva":
         clean = (_rows(answers) if answers is not None
                  else model.answers(records, work() / "answers.jsonl"))
         noisy = (_rows(noisy_answers) if noisy_answers is not None
                  else _noisy_answers(records, model, work(), cfg))
-        return P.build_seva_pairs(records, clean, noisy, noise_step=cfg.noise_step)
+        return build_seva_pairs(records, clean, noisy, noise_step=cfg.noise_step)
     if method == "sima":
         if samples is None:
             expanded = [{**r, "id": f"{r['id']}#{j}"} for r in records
@@ -255,10 +257,10 @@ def build_method_pairs(method: str, records: Sequence[dict], *, cfg: PairsConfig
                 samples.setdefault(str(row["id"]).rsplit("#", 1)[0], []).append(row["answer"])
         elif isinstance(samples, (str, os.PathLike)):
             samples = read_samples(samples)
-        ranker = P.SimaRanker(model.generate_fn, image_fn=model.image,
-                              both_orders=cfg.both_orders, choice_fn=model.choice_fn,
-                              verdict=cfg.critic_verdict)
-        return P.build_sima_pairs(records, samples, ranker, progress=progress)
+        ranker = SimaRanker(model.generate_fn, image_fn=model.image,
+                            both_orders=cfg.both_orders, choice_fn=model.choice_fn,
+                            verdict=cfg.critic_verdict)
+        return build_sima_pairs(records, samples, ranker, progress=progress)
     # povid
     stages = sorted(set(cfg.povid_stages))
     if client is None and 1 in stages and cfg.povid_editor == "llm":
@@ -269,6 +271,6 @@ def build_method_pairs(method: str, records: Sequence[dict], *, cfg: PairsConfig
     if 2 in stages:
         noisy = (_rows(noisy_answers) if noisy_answers is not None
                  else _noisy_answers(records, model, work(), cfg))
-    return P.build_povid_pairs(records, gt, random.Random(cfg.seed), stages=stages,
-                               editor=cfg.povid_editor, edits=cfg.povid_edits, client=client,
-                               noisy_answers=noisy, noise_step=cfg.noise_step)
+    return build_povid_pairs(records, gt, random.Random(cfg.seed), stages=stages,
+                             editor=cfg.povid_editor, edits=cfg.povid_edits, client=client,
+                             noisy_answers=noisy, noise_step=cfg.noise_step)
