@@ -114,45 +114,25 @@ def _annotations(source: Any) -> tuple[str, str, str]:
             str(source.synonyms_path))
 
 
-def _kv(d: dict, prefix: str = "") -> list[str]:
-    """A nested dict as ``key=value`` overrides (YAML scalars)."""
-    import yaml
-
-    out = []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out += _kv(v, f"{prefix}{k}.")
-        else:
-            out.append(f"{prefix}{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
-                       .replace("\n...", ""))
-    return out
-
-
-def _cli(argv: list[str]) -> None:
-    from visalign.cli import main
-
-    rc = main([*argv, "--debug"])
-    if rc:
-        raise RuntimeError(f"`visalign {' '.join(argv)}` failed with exit code {rc}")
-
-
 def _build_nsft(source: Any, base: Path, align: Path, out: Path, cfg: CompareConfig) -> None:
     from visalign.methods.nsft import NsftDataConfig, write_nsft_data
 
     inst, caps, syn = _annotations(source)
     ncfg = load_config(NsftDataConfig, None, {"seed": cfg.seed, **cfg.nsft_data})
-    write_nsft_data(ncfg, align, out, image_root=source.image_root, model=str(base),
+    write_nsft_data(ncfg, align, out, image_root=str(source.image_root), model=str(base),
                     instances=inst, captions=caps, synonyms=syn)
 
 
 def _build_pairs(method: str, source: Any, base: Path, align: Path, out: Path,
                  cfg: CompareConfig) -> None:
+    from visalign.methods.pairs import PairsConfig, write_method_pairs
+
     inst, caps, syn = _annotations(source)
-    extra = (["--instances", inst, "--coco-captions", caps, "--synonyms", syn]
-             if method == "povid" else [])
-    _cli(["pairs", method, "--data", str(align), "--image-root", str(source.image_root),
-          "--model", str(base), "--out", str(out), *extra,
-          *_kv({"seed": cfg.seed, **cfg.pairs})])
+    pcfg = load_config(PairsConfig, None, {"seed": cfg.seed, **cfg.pairs})
+    annotations = ({"instances": inst, "captions": caps, "synonyms": syn}
+                   if method == "povid" else {})
+    write_method_pairs(method, pcfg, align, out, image_root=str(source.image_root),
+                       model=str(base), **annotations)
 
 
 def calibrate(source: Any, base: Path, image_ids: list[int], out: Path,

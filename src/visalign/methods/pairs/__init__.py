@@ -20,7 +20,8 @@ helpers. Train a pair file with ``visalign train dpo --pairs FILE``.
 """
 
 from visalign.methods.pairs.build import (PairModel, build_method_pairs, check_inputs,
-                                          noise_tag, noised_records, read_samples)
+                                          noise_tag, noised_records, read_samples,
+                                          write_method_pairs)
 from visalign.methods.pairs.common import (METHODS, PairsConfig, load_pairs, normalize_response,
                                            validate_pairs, write_pairs)
 from visalign.methods.pairs.gt_dpo import build_gt_dpo_pairs
@@ -41,4 +42,5 @@ __all__ = [
     "rule_edit", "povid_llm_edit", "diffusion_noise", "alpha_bar", "betas", "linear_betas",
     "sigmoid_betas", "SEVA_NOISE_STEP", "CLIP_MEAN", "CLIP_STD", "PairModel",
     "build_method_pairs", "check_inputs", "noised_records", "noise_tag", "read_samples",
+    "write_method_pairs",
 ]

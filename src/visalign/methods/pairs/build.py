@@ -221,7 +221,7 @@ def build_method_pairs(method: str, records: Sequence[dict], *, cfg: PairsConfig
     ``samples`` a path (:func:`read_samples`) or ``{id: [response, ...]}``.
 
     ``image_root``: where relative image paths start when ``model`` is a path. POVID: ``gt``
-    is a :class:`visalign.methods.nsft_data.GroundTruth` (object edits need it; without it
+    is a :class:`visalign.methods.nsft.GroundTruth` (object edits need it; without it
     only attribute and relation edits are made); ``client`` the LLM for
     ``povid_editor=llm`` (default: a :class:`visalign.eval.judge.JudgeClient` of
     ``cfg.llm``). Image paths in the pairs are the records'; noised ones are absolute.
@@ -274,3 +274,50 @@ def build_method_pairs(method: str, records: Sequence[dict], *, cfg: PairsConfig
     return build_povid_pairs(records, gt, random.Random(cfg.seed), stages=stages,
                              editor=cfg.povid_editor, edits=cfg.povid_edits, client=client,
                              noisy_answers=noisy, noise_step=cfg.noise_step)
+
+
+def write_method_pairs(method: str, cfg: PairsConfig, data: str | os.PathLike,
+                       out: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
+                       model: str | os.PathLike | None = None, answers: Any = None,
+                       noisy_answers: Any = None, samples: Any = None,
+                       instances: str | os.PathLike | None = None,
+                       captions: str | os.PathLike | None = None,
+                       synonyms: str | os.PathLike | None = None, cli: bool = False) -> dict:
+    """``visalign pairs METHOD`` as a function: build ``method``'s pairs for the records in
+    ``data`` and write them to ``out`` (plus ``OUT.stats.json`` and ``OUT.config.yaml``);
+    returns the stats. POVID's object edits need ``instances`` (COCO); without them only
+    attribute and relation edits are made (said on stderr). ``cli``: errors name inputs by
+    their command-line flags."""
+    import sys
+
+    from visalign.config import save_run_config
+    from visalign.io import read_records, write_json
+    from visalign.methods.pairs.common import write_pairs
+
+    out = Path(out)
+    records = read_records(data)
+    image_root = image_root or str(Path(data).parent)
+    gt = None
+    if method == "povid":
+        from visalign.methods.nsft import GroundTruth
+
+        gt = GroundTruth.from_files(instances, captions, synonyms) if instances else None
+        if gt is None and 1 in cfg.povid_stages and cfg.povid_editor == "rules" and \
+                "object" in cfg.povid_edits:
+            print("pairs povid: object edits need --instances (COCO annotations); only "
+                  "attribute and relation edits are made", file=sys.stderr)
+    check_inputs(method, cfg, model=model, answers=answers, noisy_answers=noisy_answers,
+                 cli=cli)
+    pairs, stats = build_method_pairs(
+        method, records, cfg=cfg, model=model, work_dir=out.parent / f"{out.stem}_work",
+        image_root=image_root, answers=answers, noisy_answers=noisy_answers, samples=samples,
+        gt=gt)
+    if not pairs:
+        raise ValueError(f"pairs {method}: no pairs could be built ({stats})")
+    write_pairs(out, pairs)
+    stats["inputs"] = {"data": str(data), "model": None if model is None else str(model)}
+    write_json(out.parent / f"{out.name}.stats.json", stats)
+    save_run_config(cfg, out.parent, name=f"{out.name}.config.yaml")
+    stats["n_pairs"] = len(pairs)
+    stats["n_records"] = len(records)
+    return stats

@@ -155,7 +155,7 @@ def rule_edit(rec: Mapping, text: str, gt: Any, colors: Sequence[str], edits: Se
               rng: random.Random) -> TextEdit | None:
     """One rule edit of ``text`` (record ``rec``'s ground truth), of a kind drawn at random
     among ``edits`` that apply; None when none does. Object edits need ``gt`` (a
-    :class:`visalign.methods.nsft_data.GroundTruth`) and the record's image id; attribute
+    :class:`visalign.methods.nsft.GroundTruth`) and the record's image id; attribute
     edits leave words inside object mentions alone ("orange" the fruit)."""
     options: dict[str, Callable[[], TextEdit | None]] = {}
     mentions = list(gt.mentions(text)) if gt is not None else []
@@ -216,7 +216,7 @@ def build_povid_pairs(records: Sequence[Mapping], gt: Any, rng: random.Random, *
     """POVID pairs: stage 1 (GT vs GT with one injected hallucination) and stage 2 (GT vs the
     model's answer on the noised image), tagged ``meta.stage``.
 
-    ``gt``: a :class:`visalign.methods.nsft_data.GroundTruth` (rules editor: present/absent
+    ``gt``: a :class:`visalign.methods.nsft.GroundTruth` (rules editor: present/absent
     objects, co-occurrence, colours) or None (then object edits pick any absent category of
     no ground truth, i.e. none, and attribute edits use the basic colour list). ``editor``:
     ``"rules"`` or ``"llm"`` (``client.chat``, e.g. a JudgeClient). ``noisy_answers``: the
