@@ -188,7 +188,7 @@ def evaluate_model(vlm_or_path: Any, world: Any, out_dir: str | Path,
 
 def judge_descriptions(answers: list[dict], captions_path: str | Path,
                        config: JudgeConfig | None = None, client: Any = None) -> dict:
-    """The nSFT in-domain judge (seed 000, Fig. 7) on held-out descriptions.
+    """The nSFT in-domain judge (nSFT paper, Fig. 7) on held-out descriptions.
 
     The judge sees the reference captions as the image's ground truth; returns
     ``judge_records``' result (``indomain_instruction``, ``indomain_accuracy``,

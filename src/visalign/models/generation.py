@@ -1,7 +1,7 @@
 """Batched, resumable, multi-process generation over (image, prompt) records.
 
 ``generate_answers`` appends one answer record per id to a JSONL file (the answer format of
-docs/CONTRACTS.md) and skips ids already there, so a killed run resumes where it stopped (a
+docs/formats-and-interfaces.md) and skips ids already there, so a killed run resumes where it stopped (a
 partial last line is dropped first). Sampling uses one seed per record, derived from
 (seed, id), so an interrupted-and-resumed run, a run with another batch size and a
 multi-process run all give the answers of a single uninterrupted run.

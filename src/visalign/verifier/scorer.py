@@ -16,7 +16,7 @@ image's patches, probability that a patch shows ``word`` rather than one of a fi
 (``patch_labels``; a word outside it is added to it for its own score), with each patch put
 through the vision model's final norm and projection as the class token is. Values lie in
 (0, 1]. On the micro-world this separates the model's correct from its hallucinated mentions
-better than the global score (token AUROC 0.84 vs 0.78, docs/methods_on_grounded_base.md);
+better than the global score (token AUROC 0.84 vs 0.78, docs/research/fisao-on-the-micro-world.md);
 a CLIP trained contrastively on the class token alone has no such patch alignment.
 """
 

@@ -47,7 +47,7 @@ class NsftDataConfig:
         "first: 'near' = the one at a hallucination's place, else the most frequent; "
         "'unnamed' = ones the answer did not name, so that 'Yes' is taught where the model is "
         "unsure (not in the paper; off by default: on the micro-world it did not stop the "
-        "lean to 'No', docs/methods_on_grounded_base.md)")
+        "lean to 'No', docs/research/nsft-on-the-micro-world.md)")
     relation_margin: float = field(0.0625, help="relative positions: a claim is wrong only when "
                                                 "the centres are at least this fraction of the "
                                                 "image width the other way")
