@@ -35,8 +35,9 @@ from typing import Any
 from visalign.io import DataError
 
 # The CLIP vision config fields that decide what the tower computes.
-VISION_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "patch_size", "image_size", "num_channels", "hidden_act", "layer_norm_eps")
+VISION_FIELDS = ("image_size", "patch_size", "hidden_size", "num_hidden_layers",
+                 "num_attention_heads", "intermediate_size", "num_channels", "hidden_act",
+                 "layer_norm_eps")
 # What a CLIP-style checkpoint (CLIPModel, CLIPVisionModel) calls its vision weights.
 VISION_PREFIX = "vision_model."
 TOWER_MARK = "vision_tower."
@@ -184,8 +185,21 @@ def _vision_config(path: Path, role: str) -> Any:
     return vc
 
 
+CLIP_TYPES = ("clip", "clip_vision_model")
+
+
+def _model_type(path: Path) -> str | None:
+    try:
+        return json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def compare_configs(verifier: Path, policy: Path) -> list[str]:
     """The vision-config fields that differ (``"patch_size: verifier 14, policy 16"``)."""
+    kind = _model_type(verifier)
+    if kind not in CLIP_TYPES:
+        return [f"the verifier is a {kind} model, not a CLIP (model_type clip)"]
     v, p = _vision_config(verifier, "verifier"), _vision_config(policy, "policy")
     if v.model_type != p.model_type:
         return [f"vision model type: verifier {v.model_type}, policy {p.model_type}"]
@@ -278,12 +292,13 @@ def _tolerance(a, b) -> tuple[float, float]:
     return (1e-6, 1e-9)
 
 
-def _vision_names(t: _Tensors) -> dict[str, str]:
+def _vision_names(t: _Tensors, bare: bool = False) -> dict[str, str]:
     """``{name inside the vision model: stored name}`` of a checkpoint's CLIP vision weights.
 
     The policy's tower is whatever follows ``vision_tower.`` (llava-hf's hub files:
     ``vision_tower.vision_model.X``; transformers 5 saves ``vision_tower.X``); the verifier's is
-    what follows ``vision_model.`` (``CLIPModel``), or every tensor of a bare vision model.
+    what follows ``vision_model.`` (``CLIPModel``), or, with ``bare``, every tensor of a bare
+    vision model.
     """
     out = {}
     for k in t.names():
@@ -296,7 +311,7 @@ def _vision_names(t: _Tensors) -> dict[str, str]:
         else:
             continue
         out[rest[len(VISION_PREFIX):] if rest.startswith(VISION_PREFIX) else rest] = k
-    if not out and t.role == "verifier":
+    if not out and bare:
         out = {k: k for k in t.names()}
     # old checkpoints persist the position_ids buffer (an arange, not a weight); newer do not
     return {n: k for n, k in out.items() if not n.endswith("position_ids")}
@@ -313,7 +328,8 @@ def compare_weights(verifier: Path, policy: Path, *, full: bool = False,
     import torch
 
     vt, pt = _Tensors(verifier, "verifier"), _Tensors(policy, "policy")
-    vn, pn = _vision_names(vt), _vision_names(pt)
+    vn = _vision_names(vt, bare=_model_type(verifier) == "clip_vision_model")
+    pn = _vision_names(pt)
     if not vn:
         return [f"no {VISION_PREFIX}* weights in the verifier"], 0, 0
     if not pn:
