@@ -4,6 +4,11 @@ Each builder returns a fresh copy under the caller's ``tmp_path`` (safe to modif
 per-process cache so the models are built once. All share one locally trained tokenizer. The
 LLaVA's vision tower is a copy of the tiny CLIP's vision model (as in the micro-world), so
 ``build_tiny_clip_dir`` is its exact FiSAO verifier.
+
+Real file formats, for the real-model path: ``build_llava15_hf_dir`` (llava-hf's llava-1.5
+layout) and its verifier ``build_openai_clip_dir`` (openai's CLIP layout), ``build_coco_root``
+(a COCO directory as the COCO site ships it) and ``build_instruct_file`` (LLaVA-Instruct /
+mix665k records over that root).
 """
 
 from __future__ import annotations
@@ -321,9 +326,10 @@ def build_coco_root(tmp_path: Path, splits: tuple[str, ...] = ("train2017", "val
             name = (f"{image_id:012d}.jpg" if split.endswith("2017")
                     else f"COCO_{split}_{image_id:012d}.jpg")
             colours[k % len(colours)].resize((64, 48)).save(folder / name, "JPEG")
-            images.append({"license": 1, "file_name": name, "coco_url": f"http://images.cocodataset"
-                           f".org/{split}/{name}", "height": 48, "width": 64,
-                           "date_captured": "2013-11-14 16:28:13", "flickr_url": "", "id": image_id})
+            images.append({"license": 1, "file_name": name,
+                           "coco_url": f"http://images.cocodataset.org/{split}/{name}",
+                           "height": 48, "width": 64, "date_captured": "2013-11-14 16:28:13",
+                           "flickr_url": "", "id": image_id})
             for j, o in enumerate(objs):
                 x, y = 4 + 10 * j, 6
                 objects.append({"segmentation": [[x, y, x + 8, y, x + 8, y + 9, x, y + 9]],

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from _tiny import build_llava15_hf_dir, build_openai_clip_dir
+from _tiny import build_openai_clip_dir
 from visalign.io import DataError
 from visalign.verifier.tower import (VerifierMismatch, check_fisao_inputs, check_vision_tower,
                                      compare_vision_tower, resolve_verifier)
@@ -97,8 +97,8 @@ def test_a_verifier_that_is_not_a_clip(llava15_hf_dir, openai_clip_dir, tiny_qwe
     res = compare_vision_tower(llava15_hf_dir, llava15_hf_dir)
     assert res.config_diffs == ["the verifier is a llava model, not a CLIP (model_type clip)"]
     res = compare_vision_tower(tiny_qwen2vl_dir, llava15_hf_dir)
-    assert res.config_diffs == ["the verifier is a qwen2_vl model, not a CLIP (model_type "
-                                "clip)"]
+    assert res.config_diffs == [("the verifier is a qwen2_vl model, not a CLIP (model_type "
+                                 "clip)")]
     # a CLIP against a policy whose tower is no CLIP
     res = compare_vision_tower(openai_clip_dir, tiny_qwen2vl_dir)
     assert res.config_diffs and "vision model type: verifier clip_vision_model" in \

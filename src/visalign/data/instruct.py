@@ -83,9 +83,10 @@ TEXTCAPS_PROMPT = "Provide a one-sentence caption for the provided image."
 # LLaVA-1.5's response-format prompts (its Table 7).
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE_PROMPT = "Answer with the option's letter from the given choices directly."
-REGION_PROMPTS = ("Please provide the bounding box coordinate of the region this sentence "
-                  "describes",
-                  "Please provide a short description for this region")
+REGION_PROMPTS = (
+    ("Please provide the bounding box coordinate of the region this sentence describes"),
+    "Please provide a short description for this region",
+)
 
 TASKS: dict[str, str] = {
     "detail": "one detailed-description prompt and its description (detail_23k)",

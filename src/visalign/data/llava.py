@@ -120,13 +120,14 @@ def load_llava_records(path: str | os.PathLike, image_root: str | os.PathLike | 
     - ``text_only="skip"`` leaves out records with no image (no ``image`` field, no ``<image>``
       in any turn: mix665k's ShareGPT records) and prints how many; ``"error"`` rejects them.
     - ``shared_ids="key"`` keeps records that share an id: the first keeps it, the k-th repeat
-      gets ``ID#k`` with the original in ``source_id`` (:func:`~visalign.data.instruct.unique_keys`);
-      ``"error"`` rejects a repeated id.
+      gets ``ID#k`` with the original in ``source_id``
+      (:func:`~visalign.data.instruct.unique_keys`); ``"error"`` rejects a repeated id.
     - ``infer`` fills a missing ``task`` from the prompts
       (:func:`~visalign.data.instruct.recognise_task`) and a missing ``image_id`` from a COCO
       file name (:func:`~visalign.data.coco.coco_image_id`). Fields a record has are kept.
 
-    A file with no usable record is an error. With ``check_images`` every referenced image must
+    A file whose records are all text-only is an error (an empty file gives ``[]``, which each
+    caller judges). With ``check_images`` every referenced image must
     exist and open (each distinct file is checked once); relative paths resolve under
     ``image_root`` (default: the records file's directory). Records that need no change are
     returned as read (visalign's own files come back unchanged).
@@ -146,10 +147,9 @@ def load_llava_records(path: str | os.PathLike, image_root: str | os.PathLike | 
             continue
         kept.append((i, validate_llava_record(rec, path, i)))
     n_text_only = len(records) - len(kept)
-    if not kept:
-        why = (f"all {len(records)} records are text-only (no image)" if records
-               else "the file holds no records")
-        raise DataError(path, f"no usable records: {why}")
+    if records and not kept:
+        raise DataError(path, f"no usable records: all {len(records)} records are text-only "
+                              "(no image)")
     keys = unique_keys(rec["id"] for _, rec in kept)
     first: dict[str, int] = {}
     out: list[dict] = []

@@ -103,7 +103,7 @@ def local_model_dir(name_or_path: str | os.PathLike, what: str = "model",
             from huggingface_hub import try_to_load_from_cache
 
             hit = try_to_load_from_cache(name, "config.json")
-        except Exception:   # an id the hub library rejects is simply not cached
+        except ValueError:   # an id the hub library rejects is simply not cached
             hit = None
         if isinstance(hit, str):
             return Path(hit).parent
@@ -227,7 +227,7 @@ class _Tensors:
 
             for f in sorted(path.glob("*.safetensors")):
                 with safe_open(str(f), framework="pt") as sf:
-                    self.files.update((k, f) for k in sf.keys())
+                    self.files.update((k, f) for k in sf.keys())  # noqa: SIM118 (not a dict)
         self._state: dict[str, Any] | None = None
         if not self.files:
             self._state = self._fallback_state()
@@ -310,7 +310,7 @@ def _vision_names(t: _Tensors, bare: bool = False) -> dict[str, str]:
             rest = k
         else:
             continue
-        out[rest[len(VISION_PREFIX):] if rest.startswith(VISION_PREFIX) else rest] = k
+        out[rest.removeprefix(VISION_PREFIX)] = k
     if not out and bare:
         out = {k: k for k in t.names()}
     # old checkpoints persist the position_ids buffer (an arange, not a weight); newer do not
