@@ -67,3 +67,37 @@ def tiny_base_dir(tiny_world_dir, tmp_path_factory):
     build_base_model(base_config("tiny", {"world": str(tiny_world_dir), "out": str(out),
                                           "progress": False}))
     return out
+
+
+@pytest.fixture(scope="session")
+def llava15_hf_dir(tmp_path_factory):
+    """A tiny llava-1.5 in llava-hf's file format (read-only; ``_tiny.build_llava15_hf_dir``
+    for a private copy)."""
+    from _tiny import build_llava15_hf_dir
+
+    return build_llava15_hf_dir(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def openai_clip_dir(tmp_path_factory):
+    """Its verifier, a CLIP in openai/clip-vit-large-patch14-336's file format (read-only)."""
+    from _tiny import build_openai_clip_dir
+
+    return build_openai_clip_dir(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def coco_root(tmp_path_factory):
+    """A tiny COCO root (train2017 + val2014) as the COCO site ships it (read-only)."""
+    from _tiny import build_coco_root
+
+    return build_coco_root(tmp_path_factory.mktemp("coco"))
+
+
+@pytest.fixture(scope="session")
+def instruct_file(coco_root, tmp_path_factory):
+    """A llava_v1_5_mix665k.json-style file over ``coco_root``: shared ids, text-only records
+    (read-only)."""
+    from _tiny import build_instruct_file
+
+    return build_instruct_file(tmp_path_factory.mktemp("instruct"), coco_root)
