@@ -422,3 +422,70 @@ def build_instruct_file(tmp_path: Path, coco_root: Path | None = None,
     path = folder / f"{kind}.json"
     path.write_text(json.dumps(recs, indent=2) + "\n")
     return path
+
+
+def build_real_grid_data(tmp_path: Path, n_train: int = 28, n_val: int = 10,
+                         seed: int = 0) -> tuple[Path, Path]:
+    """(COCO root, llava_instruct_150k.json) big enough for the real-data grid on a tiny model:
+    ``n_train`` train2017 and ``n_val`` val2014 images, each with 1-3 COCO objects and captions
+    naming them, in the COCO site's layout and schemas; per train image LLaVA-Instruct's three
+    record types under one shared id (conversation, detail description, complex reasoning) plus a
+    LLaVA-1.5 short-answer question, with bare COCO file names and no task or image_id."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    root = Path(tmp_path) / "coco_grid"
+    cats = [{"supercategory": s, "id": i, "name": n} for i, n, s in COCO_CATEGORIES]
+    names = [n for _, n, _ in COCO_CATEGORIES]
+    colours = solid_images(8, 48)
+    ann_id, recs = 1, []
+    for split, n, first in (("train2017", n_train, 100), ("val2014", n_val, 500)):
+        images, objects, captions = [], [], []
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            image_id = first + k
+            name = (f"{image_id:012d}.jpg" if split.endswith("2017")
+                    else f"COCO_{split}_{image_id:012d}.jpg")
+            colours[k % len(colours)].resize((64, 48)).save(folder / name, "JPEG")
+            images.append({"license": 1, "file_name": name, "height": 48, "width": 64,
+                           "coco_url": "", "flickr_url": "", "date_captured": "", "id": image_id})
+            objs = rng.sample(names, rng.randint(1, 3))
+            for j, o in enumerate(objs):
+                x = 4 + 12 * j
+                objects.append({"segmentation": [[x, 6, x + 8, 6, x + 8, 15, x, 15]],
+                                "area": 72.0, "iscrowd": 0, "image_id": image_id,
+                                "bbox": [x, 6, 8.0, 9.0],
+                                "category_id": COCO_CATEGORIES[names.index(o)][0], "id": ann_id})
+                ann_id += 1
+            text = " and ".join(f"a {o}" for o in objs)
+            for c in (f"A photo of {text}.", f"There is {text} in the picture."):
+                captions.append({"image_id": image_id, "id": ann_id, "caption": c})
+                ann_id += 1
+            if split == "train2017":
+                rid = f"{image_id:012d}"
+                recs += [
+                    {"id": rid, "image": name, "conversations": _turns(
+                        "What objects are in the image?\n<image>", f"I can see {text}.",
+                        f"Is there a {objs[0]}?", f"Yes, there is a {objs[0]}.")},
+                    {"id": rid, "image": name, "conversations": _turns(
+                        "<image>\nDescribe the following image in detail.",
+                        f"The image shows {text} on a plain background.")},
+                    {"id": rid, "image": name, "conversations": _turns(
+                        f"<image>\nWhy might the {objs[0]} be there?",
+                        f"The {objs[0]} is probably part of the scene.")},
+                    {"id": rid, "image": name, "conversations": _turns(
+                        f"<image>\nWhat is in the image?\nAnswer the question using a single "
+                        f"word or phrase.", objs[0].capitalize())},
+                ]
+        head = {"info": {"description": "COCO (tiny test copy)", "year": int(split[-4:])},
+                "licenses": [{"url": "", "id": 1, "name": "Attribution License"}],
+                "images": images}
+        _write_json(root / "annotations" / f"instances_{split}.json",
+                    {**head, "annotations": objects, "categories": cats})
+        _write_json(root / "annotations" / f"captions_{split}.json",
+                    {**head, "annotations": captions})
+    instruct = Path(tmp_path) / "llava_instruct_150k.json"
+    instruct.write_text(json.dumps(recs, indent=1) + "\n")
+    return root, instruct

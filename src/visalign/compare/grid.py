@@ -23,17 +23,23 @@ from typing import Any, Callable
 from visalign.compare.analysis import grid_analysis
 from visalign.compare.cells import StageTimer, run_cell
 from visalign.compare.config import (PACKAGED, CompareConfig, check_alignment_sizes,
-                                     check_config, grid_dirs)
+                                     check_config, grid_dirs, is_real, open_source,
+                                     skipped_cells, verifier_dir)
 from visalign.compare.methods import (alignment_image_ids, calibrate, copy_calibration,
                                       train_method)
 from visalign.config import config_to_dict, save_run_config
 from visalign.io import atomic_write_text, write_json
 
 
-def prepare_world(cfg: CompareConfig, out: Path, st: StageTimer) -> Any:
-    """The grid's micro-world: the config's, or one built into ``out/world``."""
-    from visalign.world import build_world, load_world, world_config
+def prepare_source(cfg: CompareConfig, out: Path, st: StageTimer) -> Any:
+    """The grid's data source: a real one's files written once, or the micro-world (the
+    config's, or one built into ``out/world``)."""
+    from visalign.world import build_world, world_config
 
+    if is_real(cfg):
+        source = open_source(cfg, out)
+        st.run("source", source.prepare, done=(source.root / "source.json").exists())
+        return source
     world_dir, _ = grid_dirs(cfg, out)
     if not cfg.world:
         # fail before minutes of world building, not after them
@@ -42,7 +48,7 @@ def prepare_world(cfg: CompareConfig, out: Path, st: StageTimer) -> Any:
         st.run("world", lambda: build_world(wcfg, world_dir, overwrite=True,
                                             preset=cfg.world_preset, progress=cfg.progress),
                done=(world_dir / "world.json").exists())
-    return load_world(world_dir)
+    return open_source(cfg, out)
 
 
 def prepare_base(cfg: CompareConfig, out: Path, source: Any, st: StageTimer) -> Path:
@@ -81,6 +87,10 @@ class Grid:
         return sorted(set(self.cfg.data_sizes))
 
     @property
+    def verifier(self) -> Path:
+        return verifier_dir(self.cfg, self.base)
+
+    @property
     def calib_dir(self) -> Path:
         return self.out / "fisao_calibration"
 
@@ -89,8 +99,10 @@ class Grid:
         return self.out / "data"
 
     def cells(self) -> list[tuple[str, int]]:
-        """Every (method, size) cell in the table's order."""
-        return [(m, s) for s in self.sizes for m in self.cfg.methods]
+        """Every (method, size) cell the grid runs, in the table's order (methods the data
+        cannot serve are left out: :func:`~visalign.compare.config.skipped_cells`)."""
+        skip = skipped_cells(self.cfg)
+        return [(m, s) for s in self.sizes for m in self.cfg.methods if m not in skip]
 
 
 def open_grid(cfg: CompareConfig, st: StageTimer | None = None) -> Grid:
@@ -98,13 +110,11 @@ def open_grid(cfg: CompareConfig, st: StageTimer | None = None) -> Grid:
     when missing; without, they must exist (a worker process opening a prepared grid)."""
     out = Path(cfg.out)
     if st is not None:
-        source = prepare_world(cfg, out, st)
+        source = prepare_source(cfg, out, st)
         base = prepare_base(cfg, out, source, st)
     else:
-        from visalign.world import load_world
-
-        world_dir, base = grid_dirs(cfg, out)
-        source = load_world(world_dir)
+        source = open_source(cfg, out)
+        base = grid_dirs(cfg, out)[1]
     order = alignment_image_ids(source, cfg.seed)
     try:
         check_alignment_sizes(cfg, len(order))
@@ -131,7 +141,7 @@ def cell_runner(grid: Grid, st: StageTimer) -> Callable[[str, int], dict]:
 
         def train(d: Path) -> str:
             return train_method(method, grid.source, grid.base, ids, d, grid.data_dir,
-                                grid.calib_dir, grid.cfg)
+                                grid.calib_dir, grid.cfg, verifier=grid.verifier)
         return run_cell(st, grid.out / "cells" / f"{method}-{size}", method, size, train,
                         evaluate)
     return run
@@ -159,9 +169,10 @@ def run_compare(cfg: CompareConfig) -> dict:
     calib_ids = grid.order[len(grid.order) - cfg.calibration_images:]
     if "fisao" in cfg.methods and cfg.fisao_calibration:
         copy_calibration(cfg.fisao_calibration, grid.calib_dir)
-    elif "fisao" in cfg.methods:
+    elif "fisao" in [m for m, _ in grid.cells()]:
         st.run("fisao-calibrate",
-               lambda: calibrate(source, grid.base, calib_ids, grid.calib_dir, cfg),
+               lambda: calibrate(source, grid.base, calib_ids, grid.calib_dir, cfg,
+                                 verifier=grid.verifier),
                done=(grid.calib_dir / "calibration.json").exists())
 
     cells = grid.cells()
@@ -183,16 +194,19 @@ def run_compare(cfg: CompareConfig) -> dict:
     figures: dict[str, str] = {}
     plot_methods(rows, out / "figures" / "methods.png")
     figures["Hallucination metrics per method"] = "figures/methods.png"
-    analysis = grid_analysis(out, rows, source, cfg.eval.split, grid.base / "verifier",
+    analysis = grid_analysis(out, rows, source, cfg.eval.split, grid.verifier,
                              grid.calib_dir, grid.sizes, "fisao" in cfg.methods, figures)
     timings = dict(st.times)
     timings["total_this_run"] = round(time.time() - t_all, 2)
+    skipped = [{"method": m, "data_size": size, "reason": why}
+               for size in grid.sizes for m, why in skipped_cells(cfg).items()]
     results = {"rows": rows, "config": config_to_dict(cfg), "timings": timings,
-               "analysis": analysis, "failures": failures,
+               "analysis": analysis, "failures": failures, "skipped": skipped,
                "workers": dataclasses.asdict(placement)}
     write_json(out / "results.json", results)
     write_results(rows, out, title="visalign comparison")
     notes = [f"FAILED {f['method']}-{f['data_size']}: {f['error']}" for f in failures]
+    notes += [f"SKIPPED {k['method']}-{k['data_size']}: {k['reason']}" for k in skipped]
     warnings = degeneration_notes(rows)
     for n in warnings:
         print(n, file=sys.stderr)

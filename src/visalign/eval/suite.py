@@ -142,7 +142,8 @@ def evaluate_model(vlm_or_path: Any, world: Any, out_dir: str | Path,
                                     settings.pope_negatives, settings.seed)
         if not qpath.exists():
             qs = build_pope(world.instances_path(split), sp, settings.pope_images,
-                            settings.pope_negatives, settings.seed, image_root=world.image_root)
+                            settings.pope_negatives, settings.seed,
+                            image_root=world.image_dir(split))
             write_jsonl(qpath, qs)
         qs = read_jsonl(qpath)
         ans = _generate(vlm, qs, out / f"answers_pope_{sp}.jsonl", settings, max_new_tokens=4,

@@ -252,6 +252,11 @@ class World:
     def prompts_path(self, split: str) -> Path:
         return self.root / "prompts" / f"{self._check(split)}_detail.jsonl"
 
+    def image_dir(self, split: str) -> Path:
+        """Where the split's COCO ``file_name`` starts (it includes the split's folder)."""
+        self._check(split)
+        return self.image_root
+
     def image_path(self, split: str, image_id: int) -> Path:
         return self.image_root / export.image_rel_path(self._check(split), image_id)
 

@@ -23,6 +23,10 @@ class FisaoConfig(TrainConfig):
     data: str = field("", help="the base model's own instruction data (LLaVA records)")
     tasks: list[str] = field(["detail"], help="record tasks whose prompts are used ([] = all)")
     verifier: str = field("", help="CLIP dir whose vision tower is the VLM's ('' = MODEL/verifier)")
+    allow_verifier_mismatch: bool = field(
+        False, help="train with a verifier whose vision model differs from the policy's vision "
+        "tower (configs or weights); off: such a verifier is an error, since FiSAO scores tokens "
+        "with the policy's own encoder")
     calibration: str = field("", help="calibration.json from `visalign fisao calibrate`")
     sentence_calibration: str = field(
         "", help="sentence-level calibration for reward_level=sentence ('' = "

@@ -52,6 +52,7 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     from visalign.models import load_vlm
     from visalign.verifier.reward import adaptive_kl_coef
     from visalign.verifier.scorer import ClipScorer
+    from visalign.verifier.tower import check_fisao_inputs, check_vision_tower
 
     if cfg.ppo_epochs < 1 or cfg.rollout_batch < 1:
         raise ValueError("ppo_epochs and rollout_batch must be >= 1")
@@ -62,6 +63,10 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     if cfg.existence_reward and cfg.reward_level != "token":
         raise ValueError("existence_reward puts token rewards on yes/no answers: it needs "
                          "reward_level=token")
+    # every missing input in one line, and the verifier checked against the policy's vision
+    # tower, before anything is written or loaded
+    verifier = check_fisao_inputs(cfg.model, cfg.verifier, cfg.calibration, data=cfg.data)
+    check_vision_tower(verifier, cfg.model, allow_mismatch=cfg.allow_verifier_mismatch)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -74,7 +79,6 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
         save_run_config(cfg, out)
     if vlm is None:
         vlm = load_vlm(cfg.model, dtype=cfg.dtype, device=str(acc.device))
-    verifier = cfg.verifier or str(Path(cfg.model) / "verifier")
     # the calibration says how its scores were computed; the rewards must use the same score
     scorer = ClipScorer.from_pretrained(verifier, template=cfg.template or calib.template,
                                         device=acc.device, pooling=calib.pooling,

@@ -10,7 +10,7 @@ from visalign.config import field
 from visalign.eval.judge import JudgeConfig
 
 # Tasks whose answers are short, the analogue of the paper's OCRVQA (Sec. B.1).
-SHORT_TASKS = ["vqa", "count", "color", "position", "existence"]
+SHORT_TASKS = ["vqa", "count", "color", "position", "existence", "yesno"]
 
 
 @dataclasses.dataclass

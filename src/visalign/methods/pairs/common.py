@@ -61,7 +61,8 @@ class PairsConfig:
     max_new_tokens: int = field(256, help="generation length")
     batch_size: int = field(8, help="generation batch size")
     dtype: str = field("float32", help="model dtype")
-    device: str = field("cpu", help="model device")
+    device: str = field("auto", help="device of the model and its generation (auto = cuda when "
+                                     "available)")
     noise_step: int = field(500, help="diffusion noise step t in [0, 999] (SeVa/VCD sigmoid "
                                       "schedule; SeVa's default 500)")
     num_samples: int = field(4, help="SIMA: responses sampled per prompt (k)")
