@@ -133,6 +133,24 @@ def test_spacy_similarity_end_to_end(amber_dir, extractor):
     assert len(nlp.texts) == len(set(nlp.texts))  # one spaCy doc per word
 
 
+def test_real_spacy_pipeline():
+    spacy = pytest.importorskip("spacy", reason="spaCy not installed (pip install "
+                                                "'visalign[amber]')")
+    import warnings
+
+    import numpy as np
+
+    nlp = spacy.blank("en")
+    for word, vec in {"house": [1, 0, 0], "building": [0.9, 0.3, 0], "dog": [0, 0, 1]}.items():
+        nlp.vocab.set_vector(word, np.array(vec, dtype="float32"))
+    similar = make_similarity("spacy", nlp=nlp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # spaCy's no-vector warning is silenced, as there
+        assert similar("house", "building")  # cosine 0.95
+        assert not similar("house", "dog")
+        assert similar("zebra", "zebra") and not similar("zebra", "house")  # no vector
+
+
 def test_first_word_answers(amber_dir):
     scorer = AmberScorer(AmberData.load(amber_dir), REF_NOUNS.__getitem__,
                          make_similarity("exact"), answers="first-word")
@@ -318,3 +336,16 @@ def test_benchmark_query_set_and_images(amber_dir, tmp_path):
         AmberBenchmark().prompts(_Data(bare))
     with pytest.raises(ValueError, match="amber_dir"):
         AmberBenchmark().prompts(_Data(None))
+
+
+def test_two_answer_files_and_generate_records(amber_dir, extractor, tmp_path):
+    rows = responses()
+    # the descriptions as visalign generate writes them (the query record plus "answer")
+    gen = _write(tmp_path / "gen.json", [{"id": r["id"], "image": f"AMBER_{r['id']}.jpg",
+                                          "query": "Describe this image.",
+                                          "answer": r["response"]} for r in rows[:4]])
+    yes_no = _write(tmp_path / "yes_no.json", rows[4:])
+    result = score_amber([gen, yes_no], amber_dir, similarity="exact", nltk_data=NLTK_DATA)
+    assert result["query_set"] == "all" and _blocks(result) == REF_EXACT
+    with pytest.raises(DataError, match=r"gen.json: record 0: field 'id': id 1 appears twice"):
+        score_amber([gen, gen], amber_dir, similarity="exact")

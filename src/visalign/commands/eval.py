@@ -77,9 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(j)
     j.set_defaults(func=_judge)
 
-    from visalign.commands import eval_amber
+    from visalign.commands import _eval_amber
 
-    eval_amber.register(sub)  # amber, lmms
+    _eval_amber.register(sub)  # amber, lmms
 
 
 def _print(result: dict, title: str, paths: tuple) -> None:

@@ -165,24 +165,28 @@ def normalize_answer(response: str, mode: str = "exact") -> str:
 
 
 def _check_responses(records: Sequence[Any], data: AmberData, path: Any,
-                     query_set: str | None) -> tuple[str, list[tuple[int, str]]]:
-    """(query set, [(id, response)] in file order) or a one-line DataError."""
+                     query_set: str | None, origins: Sequence[tuple[Any, int]] | None = None
+                     ) -> tuple[str, list[tuple[int, str]]]:
+    """(query set, [(id, response)] in file order) or a one-line DataError. ``origins``: the
+    (file, index) of each record when they come from several files."""
     rows: list[tuple[int, str]] = []
     seen: set[int] = set()
     n = len(data.annotations)
-    for i, r in enumerate(records):
+    for k, r in enumerate(records):
+        where, i = origins[k] if origins else (path, k)
         if not isinstance(r, dict):
-            raise DataError(path, "expected an object with 'id' and 'response'", record=i)
-        rid, resp = r.get("id"), r.get("response")
+            raise DataError(where, "expected an object with 'id' and 'response'", record=i)
+        # AMBER's "response", or the "answer" of a visalign generate record
+        rid, resp = r.get("id"), r.get("response", r.get("answer"))
         if isinstance(rid, bool) or not isinstance(rid, int):
-            raise DataError(path, f"id must be an integer, got {rid!r}", record=i, field="id")
+            raise DataError(where, f"id must be an integer, got {rid!r}", record=i, field="id")
         if not 1 <= rid <= n:
-            raise DataError(path, f"id {rid} is not an AMBER query (annotations.json has ids "
+            raise DataError(where, f"id {rid} is not an AMBER query (annotations.json has ids "
                             f"1..{n})", record=i, field="id")
         if rid in seen:
-            raise DataError(path, f"id {rid} appears twice", record=i, field="id")
+            raise DataError(where, f"id {rid} appears twice", record=i, field="id")
         if not isinstance(resp, str):
-            raise DataError(path, "response must be a string", record=i, field="response")
+            raise DataError(where, "response must be a string", record=i, field="response")
         seen.add(rid)
         rows.append((rid, resp))
     if not rows:
@@ -314,10 +318,10 @@ class AmberScorer:
                 "n_truth": len(covered), "n_hallu": len(cog)}
 
     def score(self, responses: Sequence[Any], *, query_set: str | None = None,
-              path: Any = None) -> dict:
+              path: Any = None, origins: Sequence[tuple[Any, int]] | None = None) -> dict:
         """The result: inference.py's blocks (its percent scale), ``amber_score``, details and
         ``metrics`` in visalign's shared format (fractions)."""
-        qset, rows = _check_responses(responses, self.data, path, query_set)
+        qset, rows = _check_responses(responses, self.data, path, query_set, origins)
         tasks = QUERY_SETS[qset][1]
         g = {"chair": 0, "chair_num": _START, "cover": 0, "cover_num": _START,
              "cog": 0, "cog_num": _START, "clean": 0, "clean_num": _START}
@@ -400,11 +404,16 @@ def amber_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def score_amber(responses: str | os.PathLike | Sequence[dict], amber_dir: str | os.PathLike, *,
+def score_amber(responses: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[dict],
+                amber_dir: str | os.PathLike, *,
                 similarity: str = "spacy", answers: str = "exact", query_set: str | None = None,
                 nltk_data: str | os.PathLike | None = None,
                 wordnet: str | os.PathLike | None = None, nlp: Any = None) -> dict:
-    """Score AMBER responses (a file or records) against the data folder ``amber_dir``.
+    """Score AMBER responses against the data folder ``amber_dir``.
+
+    ``responses``: records ``{"id": n, "response": "..."}`` (or visalign generate's answer
+    records, whose ``answer`` is used), or one or more JSON/JSONL files of them, read together
+    (e.g. the answers to the generative and to the discriminative queries).
 
     ``similarity``: "spacy" (en_core_web_lg, the reference) or "exact"; ``answers``: "exact"
     (the reference) or "first-word"; ``query_set``: the expected set (default: inferred from the
@@ -413,12 +422,18 @@ def score_amber(responses: str | os.PathLike | Sequence[dict], amber_dir: str | 
     """
     from visalign.eval.amber_text import NounExtractor, make_similarity
 
-    path = None
+    path: Any = None
+    origins: list[tuple[Any, int]] | None = None
     if isinstance(responses, (str, os.PathLike)):
-        path = responses
-        responses = read_records(responses)
+        responses = [responses]
+    if responses and all(isinstance(r, (str, os.PathLike)) for r in responses):
+        paths = list(responses)
+        path = paths[0] if len(paths) == 1 else " + ".join(map(str, paths))
+        per_file = [(p, read_records(p)) for p in paths]
+        responses = [rec for _, recs in per_file for rec in recs]
+        origins = [(p, i) for p, recs in per_file for i in range(len(recs))]
     data = AmberData.load(amber_dir)
-    qset, _ = _check_responses(responses, data, path, query_set)
+    qset, _ = _check_responses(responses, data, path, query_set, origins)
     if "generative" in QUERY_SETS[qset][1]:
         similar = make_similarity(similarity, nlp=nlp)
         extractor = NounExtractor(nltk_data=nltk_data, wordnet=wordnet)
@@ -426,7 +441,7 @@ def score_amber(responses: str | os.PathLike | Sequence[dict], amber_dir: str | 
     else:  # the yes/no questions need neither NLTK nor spaCy
         similar, nouns, wn = make_similarity("exact"), (lambda text: []), None
     result = AmberScorer(data, nouns, similar, answers).score(responses, query_set=qset,
-                                                              path=path)
+                                                              path=path, origins=origins)
     if wn is None:
         result["similarity"] = "not used (no descriptions)"
     result["wordnet"] = wn

@@ -191,7 +191,7 @@ def make_similarity(mode: str = "spacy", *, nlp=None, model: str = SPACY_MODEL,
         raise ValueError(f"similarity must be one of {', '.join(SIMILARITY_MODES)}, got {mode!r}")
     if nlp is None:
         fix = (f"install it (pip install spacy && python -m spacy download {model}) or score "
-               "with similarity exact (word equality only; the result says so)")
+               "with --similarity exact (word equality only; the result says so)")
         try:
             import spacy
         except ImportError:

@@ -12,9 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "amber", help="AMBER: CHAIR/Cover/Hal/Cog, yes/no F1 per dimension, AMBER score",
         description="Score AMBER responses as AMBER's inference.py does. OUT.json keeps its "
                     "percent scale and rounding; its 'metrics' are the amber_* fractions.")
-    a.add_argument("--answers", required=True,
-                   help='responses in AMBER\'s format: [{"id": n, "response": "..."}] for one '
-                        "of its query sets")
+    a.add_argument("--answers", required=True, nargs="+", metavar="FILE",
+                   help='responses in AMBER\'s format, [{"id": n, "response": "..."}] (or '
+                        "visalign generate answers), together one of its query sets")
     a.add_argument("--amber-dir", required=True,
                    help="AMBER's data folder (annotations.json, relation.json, safe_words.txt)")
     a.add_argument("--similarity", choices=["spacy", "exact"], default="spacy",
