@@ -43,6 +43,8 @@ METRIC_KEYS: dict[tuple[str, str], tuple[str, float]] = {
     ("mme", "mme_perception_score"): ("lmms_mme_perception", 1.0),  # MME's own 0-2000 score
     ("mme", "mme_cognition_score"): ("lmms_mme_cognition", 1.0),  # 0-800
     ("mmbench_en_dev", "gpt_eval_score"): ("lmms_mmbench", 0.01),  # lmms-eval reports percent
+    # options matched without a GPT judge: not the paper's protocol, so its own key
+    ("mmbench_en_dev_static", "gpt_eval_score"): ("lmms_mmbench_static", 0.01),
     ("mmvet", "gpt_eval_score"): ("lmms_mmvet", 0.01),
 }
 
