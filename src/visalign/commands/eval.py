@@ -1,4 +1,5 @@
-"""visalign eval chair|pope|captions|judge: score generated answers, write JSON + markdown.
+"""visalign eval chair|pope|captions|judge|amber|lmms: score generated answers, write JSON +
+markdown.
 
 Each writes --out result.json (the shared result format) and result.md next to it.
 """
@@ -14,7 +15,7 @@ from visalign.commands._common import add_config_args
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` command group."""
     p = subparsers.add_parser("eval", help="hallucination benchmarks: chair, pope, captions, "
-                                           "judge", description=__doc__)
+                                           "judge, amber, lmms", description=__doc__)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
     sub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
 
@@ -75,6 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     j.add_argument("--out", required=True, help="result JSON path")
     add_config_args(j)
     j.set_defaults(func=_judge)
+
+    from visalign.commands import _eval_amber
+
+    _eval_amber.register(sub)  # amber, lmms
 
 
 def _print(result: dict, title: str, paths: tuple) -> None:
