@@ -476,8 +476,8 @@ def build_real_grid_data(tmp_path: Path, n_train: int = 28, n_val: int = 10,
                         f"<image>\nWhy might the {objs[0]} be there?",
                         f"The {objs[0]} is probably part of the scene.")},
                     {"id": rid, "image": name, "conversations": _turns(
-                        f"<image>\nWhat is in the image?\nAnswer the question using a single "
-                        f"word or phrase.", objs[0].capitalize())},
+                        "<image>\nWhat is in the image?\nAnswer the question using a single "
+                        "word or phrase.", objs[0].capitalize())},
                 ]
         head = {"info": {"description": "COCO (tiny test copy)", "year": int(split[-4:])},
                 "licenses": [{"url": "", "id": 1, "name": "Attribution License"}],
