@@ -62,3 +62,32 @@ def tiny_base_dir(tiny_world_dir, tmp_path_factory):
     build_base_model(base_config("tiny", {"world": str(tiny_world_dir), "out": str(out),
                                           "progress": False}))
     return out
+
+
+@pytest.fixture(scope="session")
+def nltk_tagger_data(tmp_path_factory):
+    """NLTK's official English tagger and punkt_tab, unpacked from tests/data (they are not
+    downloadable on machines without internet) and put on nltk's data path. Tests that also need
+    WordNet skip when Debian's wordnet-base is absent."""
+    import tarfile
+
+    import nltk.data
+
+    archive = Path(__file__).parent / "data" / "nltk_tagger_punkt.tar.gz"
+    root = tmp_path_factory.mktemp("nltk")
+    with tarfile.open(archive) as tar:
+        tar.extractall(root, filter="data")
+    path = str(root / "nltk_data")
+    nltk.data.path.insert(0, path)
+    yield path
+    nltk.data.path.remove(path)
+
+
+@pytest.fixture(scope="session")
+def wordnet_available():
+    import os
+
+    if not os.path.exists("/usr/share/wordnet/index.noun") and not os.environ.get(
+            "VISALIGN_WORDNET"):
+        pytest.skip("no WordNet (Debian's wordnet-base, or $VISALIGN_WORDNET)")
+    return True
