@@ -61,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "visalign.eval.judge.")
     j.add_argument("--kind", required=True, choices=["mmhal", "indomain"])
     j.add_argument("--records", required=True,
-                   help="mmhal: id, question, gt_answer, image_content; "
+                   help="mmhal: MMHal-Bench's response_template.json with model_answer "
+                        "filled in (or records with id, question, gt_answer, image_content); "
                         "indomain: id, question, caption")
     j.add_argument("--answers", default=None,
                    help="answers JSONL (id + answer); default: answers inside --records")
@@ -159,11 +160,14 @@ def _judge(args: argparse.Namespace) -> int:
         print(f"visalign eval judge: error: {e}", file=sys.stderr)
         return 2
     result["inputs"] = {"records": args.records, "answers": args.answers}
-    notes = []
+    notes = [f"judge model: {result['judge']['model']}"] + list(result.get("notes", []))
     if result["metrics"]["judge_unparsed"]:
         notes.append(f"{result['metrics']['judge_unparsed']} judge replies could not be parsed"
-                     " and are excluded from the means")
+                     + (" and are scored 0, as MMHal-Bench's reference does"
+                        if args.kind == "mmhal" else " and are excluded from the means"))
     title = "MMHal-Bench judge" if args.kind == "mmhal" else "nSFT in-domain judge"
     paths = write_result(args.out, result, title, notes)
     _print(result, title, paths)
+    for n in notes:
+        print(f"- {n}")
     return 0
