@@ -1,6 +1,7 @@
-"""visalign eval chair|pope|captions|judge: score generated answers, write JSON + markdown.
+"""visalign eval chair|pope|captions|judge: score generated answers, write JSON + markdown;
+visalign eval suite: generate and score the real benchmarks (visalign.commands.eval_suite).
 
-Each writes --out result.json (the shared result format) and result.md next to it.
+Each scorer writes --out result.json (the shared result format) and result.md next to it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from visalign.commands._common import add_config_args
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` command group."""
     p = subparsers.add_parser("eval", help="hallucination benchmarks: chair, pope, captions, "
-                                           "judge", description=__doc__)
+                                           "judge, suite", description=__doc__)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
     sub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
 
@@ -76,6 +77,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     j.add_argument("--out", required=True, help="result JSON path")
     add_config_args(j)
     j.set_defaults(func=_judge)
+
+    from visalign.commands import eval_suite
+
+    eval_suite.add_parser(sub)
 
 
 def _print(result: dict, title: str, paths: tuple) -> None:
