@@ -138,5 +138,6 @@ def test_missing_tagger_names_the_download(monkeypatch):
         raise LookupError(path)
 
     monkeypatch.setattr(nltk.data, "find", find)
-    with pytest.raises(MissingResource, match="nltk.download\\('averaged_perceptron_tagger_eng'\\)"):
+    with pytest.raises(MissingResource,
+                       match="nltk.download\\('averaged_perceptron_tagger_eng'\\)"):
         require_nltk(TAGGER)

@@ -347,3 +347,11 @@ def test_types_follow_the_reference_order_without_a_type_field(endpoint, client_
                                           "relation", "environment", "holistic", "other"]
     short = judge_records("mmhal", client_factory(), mmhal_template_records(8))
     assert short["notes"] == ["8 questions judged; MMHal-Bench has 96"]
+
+
+def test_an_unfilled_template_is_an_error(client_factory):
+    recs = mmhal_template_records(8)
+    for r in recs:
+        r["model_answer"] = ""
+    with pytest.raises(DataError, match="every answer is empty"):
+        judge_records("mmhal", client_factory(), recs)

@@ -36,7 +36,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from visalign.eval.chair import _ANIMAL_WORDS, _REFERENCE_DOUBLE_WORDS, _VEHICLE_WORDS, Chair, Mention
+from visalign.eval.chair import (_ANIMAL_WORDS, _REFERENCE_DOUBLE_WORDS, _VEHICLE_WORDS, Chair,
+                                  Mention)
 from visalign.eval.nltk_data import (TAGGER, TOKENIZER, Lemmatizer, pos_tag, require_nltk,
                                      word_tokenize, wordnet_pos)
 

@@ -402,6 +402,9 @@ def judge_records(kind: str, client: JudgeClient, records: Sequence[Mapping],
                                       f"answer ({key or 'index'} {shown}); finish "
                                       "generation first")
 
+    if all(not str(item["answer"]).strip() for item in items):
+        raise DataError(records_path or answers_path, "every answer is empty: fill "
+                                                      "'model_answer' (or pass --answers) first")
     replies = client.chat_many(batch, workers=workers)
     unparsed = 0
     metrics: dict[str, Any] = {}

@@ -206,13 +206,13 @@ class ObjHalScorer:
             self.double[f"passenger {v}"] = v
         self.double.update({"bow tie": "tie", "toilet seat": "toilet",
                             "wine glas": "wine glass"})
-        require_nltk(TOKENIZER)
-        self._lemma = Lemmatizer()
         self.nlp_name = nlp if isinstance(nlp, str) else getattr(nlp, "__name__", "custom")
         self._nlp = (load_nlp(nlp, spacy_model) if isinstance(nlp, str) else nlp
                      ) if mode == "judge" else None
         if mode == "judge" and nlp == "spacy":
             self.nlp_name = f"spacy:{spacy_model}"
+        require_nltk(TOKENIZER)
+        self._lemma = Lemmatizer()
         self.gt: dict[int, set[str]] = {}
 
     # -------------------------------------------------------------- words
