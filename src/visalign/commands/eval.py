@@ -1,5 +1,5 @@
 """visalign eval chair|pope|captions|judge: score generated answers, write JSON + markdown;
-visalign eval suite: generate and score the real benchmarks (visalign.commands.eval_suite).
+visalign eval suite: generate and score the real benchmarks (visalign.commands._eval_suite).
 
 Each scorer writes --out result.json (the shared result format) and result.md next to it.
 """
@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(j)
     j.set_defaults(func=_judge)
 
-    from visalign.commands import eval_suite
+    from visalign.commands import _eval_suite as eval_suite
 
     eval_suite.add_parser(sub)
 
