@@ -101,3 +101,32 @@ def instruct_file(coco_root, tmp_path_factory):
     from _tiny import build_instruct_file
 
     return build_instruct_file(tmp_path_factory.mktemp("instruct"), coco_root)
+
+
+@pytest.fixture(scope="session")
+def nltk_tagger_data(tmp_path_factory):
+    """NLTK's official English tagger and punkt_tab, unpacked from tests/data (they are not
+    downloadable on machines without internet) and put on nltk's data path. Tests that also need
+    WordNet skip when Debian's wordnet-base is absent."""
+    import tarfile
+
+    import nltk.data
+
+    archive = Path(__file__).parent / "data" / "nltk_tagger_punkt.tar.gz"
+    root = tmp_path_factory.mktemp("nltk")
+    with tarfile.open(archive) as tar:
+        tar.extractall(root, filter="data")
+    path = str(root / "nltk_data")
+    nltk.data.path.insert(0, path)
+    yield path
+    nltk.data.path.remove(path)
+
+
+@pytest.fixture(scope="session")
+def wordnet_available():
+    import os
+
+    if not os.path.exists("/usr/share/wordnet/index.noun") and not os.environ.get(
+            "VISALIGN_WORDNET"):
+        pytest.skip("no WordNet (Debian's wordnet-base, or $VISALIGN_WORDNET)")
+    return True

@@ -79,6 +79,9 @@ COLUMNS: list[tuple[str, str, str, bool, float]] = [
     ("Hallucinations", "chair", "CHAIR", False, 100),
     ("Hallucinations", "mmhal_score", "MMHal", True, 1),
     ("Hallucinations", "amber_score", "AMBER", True, 100),
+    # Object HalBench (visalign eval suite): response- and object-level hallucination rates
+    ("Hallucinations", "objhal_response_hall", "ObjHal-R", False, 100),
+    ("Hallucinations", "objhal_object_hall", "ObjHal-O", False, 100),
     ("In-domain judge", "indomain_instruction", "Instr.", True, 1),
     ("In-domain judge", "indomain_accuracy", "Acc.", True, 1),
 ]
