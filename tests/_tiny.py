@@ -451,7 +451,8 @@ def build_real_grid_data(tmp_path: Path, n_train: int = 28, n_val: int = 10,
             colours[k % len(colours)].resize((64, 48)).save(folder / name, "JPEG")
             images.append({"license": 1, "file_name": name, "height": 48, "width": 64,
                            "coco_url": "", "flickr_url": "", "date_captured": "", "id": image_id})
-            objs = rng.sample(names, rng.randint(1, 3))
+            # val images hold 3 objects each: POPE asks about 3 present and 3 absent ones
+            objs = rng.sample(names, 3 if split == "val2014" else rng.randint(1, 3))
             for j, o in enumerate(objs):
                 x = 4 + 12 * j
                 objects.append({"segmentation": [[x, 6, x + 8, 6, x + 8, 15, x, 15]],

@@ -104,19 +104,13 @@ def instruct_file(coco_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def nltk_tagger_data(tmp_path_factory):
-    """NLTK's official English tagger and punkt_tab, unpacked from tests/data (they are not
-    downloadable on machines without internet) and put on nltk's data path. Tests that also need
-    WordNet skip when Debian's wordnet-base is absent."""
-    import tarfile
-
+def nltk_tagger_data():
+    """NLTK's official English tagger and punkt_tab (tests/data/nltk_data, zips in NLTK's own
+    layout: they cannot be downloaded on machines without internet) put on nltk's data path.
+    Tests that also need WordNet skip when Debian's wordnet-base is absent."""
     import nltk.data
 
-    archive = Path(__file__).parent / "data" / "nltk_tagger_punkt.tar.gz"
-    root = tmp_path_factory.mktemp("nltk")
-    with tarfile.open(archive) as tar:
-        tar.extractall(root, filter="data")
-    path = str(root / "nltk_data")
+    path = str(Path(__file__).parent / "data" / "nltk_data")
     nltk.data.path.insert(0, path)
     yield path
     nltk.data.path.remove(path)

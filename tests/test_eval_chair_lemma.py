@@ -90,9 +90,9 @@ def coco_ann(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lemma_chair(coco_ann, nltk_tagger_data, wordnet_available):
     from visalign.eval.chair_lemma import ChairLemma
-    from visalign.eval.coco_root import merged_coco
+    from visalign.data.coco import CocoRoot
 
-    inst, caps = merged_coco(coco_ann.parent, ("train2014", "val2014"))
+    inst, caps = CocoRoot(coco_ann.parent).merged(("train2014", "val2014"))
     return ChairLemma.from_coco(inst, caps)
 
 

@@ -113,11 +113,11 @@ def fixture_dir(tmp_path_factory):
 
 
 def scorer(fixture_dir, mode):
-    from visalign.eval.coco_root import merged_coco
+    from visalign.data.coco import CocoRoot
 
     s = ObjHalScorer(fixture_dir / "synonyms_refine.txt", mode=mode, nlp="nltk")
     rows = read_objhal_file(fixture_dir / "obj_halbench_300_with_image.jsonl")
-    inst, caps = merged_coco(fixture_dir, image_ids=[r["image_id"] for r in rows])
+    inst, caps = CocoRoot(fixture_dir).merged(image_ids=[r["image_id"] for r in rows])
     s.load_ground_truth(inst, caps, [r["image_id"] for r in rows])
     items = [{"id": r["id"], "image_id": r["image_id"], "question": r["question"], "answer": a}
              for r, (_, a) in zip(rows, ANSWERS)]

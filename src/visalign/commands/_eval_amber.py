@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _amber(args: argparse.Namespace) -> int:
     from visalign.eval.amber import PUBLISHED, score_amber
-    from visalign.eval.report import write_result
+    from visalign.report import write_result
 
     result = score_amber(args.answers, args.amber_dir, similarity=args.similarity,
                          answers=args.answer_mode, query_set=args.query_set,
@@ -112,7 +112,7 @@ def amber_table(result: dict, published: dict | None = None) -> str:
 def _lmms(args: argparse.Namespace) -> int:
     from visalign.eval.lmms import (DEFAULT_TASKS, LmmsConfig, merge_into_results,
                                     read_lmms_results, run_lmms)
-    from visalign.eval.report import metrics_markdown, write_result
+    from visalign.report import metrics_markdown, write_result
 
     if args.merge_into and not args.method:
         raise ValueError("--merge-into needs --method (the row to add the metrics to)")

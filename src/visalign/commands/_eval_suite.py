@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(f"visalign eval suite: error: {e}", file=sys.stderr)
         return 2
-    from visalign.eval.report import format_value
+    from visalign.report import format_value
 
     metrics = result["rows"][0]["metrics"]
     for name, p in result["config"]["protocols"].items():

@@ -12,7 +12,7 @@ import contextlib
 import io
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
 from pathlib import Path, PurePath
 from typing import Any
@@ -189,6 +189,12 @@ def coco_split_of(image: str | os.PathLike) -> str | None:
     return None
 
 
+#: The ground truth of the CHAIR and Object HalBench references: COCO 2014 train + val.
+GT_SPLITS = ("train2014", "val2014")
+#: Where :meth:`CocoRoot.find_image` looks for an image, in order.
+IMAGE_FOLDERS = ("val2014", "train2014", "train2017", "val2017")
+
+
 class CocoRoot:
     """A COCO directory as the COCO site ships it::
 
@@ -205,6 +211,10 @@ class CocoRoot:
         if not self.path.is_dir():
             raise DataError(self.path, "COCO root not found: expected a directory holding "
                                        "annotations/ and image folders such as val2014/")
+        # the annotations folder itself is accepted too (no image folders then)
+        self.annotations_dir = (self.path / "annotations"
+                                if (self.path / "annotations").is_dir()
+                                or not any(self.path.glob("instances_*.json")) else self.path)
         self._instances: dict[str, Any] = {}
         self._captions: dict[str, dict[int, list[str]]] = {}
 
@@ -220,7 +230,7 @@ class CocoRoot:
 
     def _annotation(self, kind: str, split: str) -> Path:
         self._split(split)
-        p = self.path / "annotations" / f"{kind}_{split}.json"
+        p = self.annotations_dir / f"{kind}_{split}.json"
         if not p.is_file():
             year = split[-4:]
             raise DataError(p, f"COCO annotation file not found (the COCO root {self.path} needs "
@@ -294,6 +304,49 @@ class CocoRoot:
                 if _COCO_SPLIT.match(s):
                     found.add(s)
         return sorted(found)
+
+    def merged(self, splits: Sequence[str] = GT_SPLITS,
+               image_ids: Iterable[Any] | None = None) -> tuple[dict, dict]:
+        """(instances, captions) dicts of ``splits`` merged, as the CHAIR and Object HalBench
+        references merge COCO 2014 train and val; with ``image_ids`` only those images (and their
+        annotations) are kept, so memory stays small. An id in none of them is an error."""
+        keep = None if image_ids is None else {int(i) for i in image_ids}
+        inst: dict[str, Any] = {"images": [], "annotations": [], "categories": None}
+        caps: dict[str, Any] = {"images": [], "annotations": []}
+        seen: set[int] = set()
+        for split in splits:
+            data = read_json(self.instances_path(split))
+            if inst["categories"] is None:
+                inst["categories"] = data.get("categories") or []
+            images = [im for im in data.get("images") or []
+                      if keep is None or im.get("id") in keep]
+            seen.update(im.get("id") for im in images)
+            inst["images"] += images
+            inst["annotations"] += [a for a in data.get("annotations") or []
+                                    if keep is None or a.get("image_id") in keep]
+            del data
+            cdata = read_json(self.captions_path(split))
+            caps["images"] += [im for im in cdata.get("images") or []
+                               if keep is None or im.get("id") in keep]
+            caps["annotations"] += [a for a in cdata.get("annotations") or []
+                                    if keep is None or a.get("image_id") in keep]
+        if keep is not None and keep - seen:
+            missing = sorted(keep - seen)
+            shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+            raise DataError(self.annotations_dir, f"{len(missing)} image ids are in none of "
+                                                  f"{', '.join(splits)} ({shown})")
+        return inst, caps
+
+    def find_image(self, image_id: int, folders: Sequence[str] = IMAGE_FOLDERS) -> Path:
+        """The file of image ``image_id`` in the first of ``folders`` that has it (2014 names in
+        val2014/ and train2014/, 2017 names in train2017/ and val2017/)."""
+        tried = []
+        for folder in folders:
+            p = self.path / folder / self.file_name(folder, image_id)
+            if p.is_file():
+                return p
+            tried.append(f"{folder}/{p.name}")
+        raise DataError(self.path, f"image {image_id} not found (tried {', '.join(tried)})")
 
     def check_image_ids(self, records: Sequence[Mapping], split: str,
                         source: str | os.PathLike | None = None) -> None:

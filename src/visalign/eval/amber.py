@@ -44,9 +44,10 @@ import dataclasses
 import functools
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from visalign.config import field
+from visalign.eval.registry import SuiteData, register
 from visalign.io import DataError, read_json, read_records, write_json
 
 __all__ = ["AmberData", "AmberScorer", "AmberBenchmark", "score_amber", "QUERY_SETS",
@@ -451,12 +452,6 @@ def score_amber(responses: str | os.PathLike | Sequence[str | os.PathLike] | Seq
 # ----------------------------------------------------------------------------- benchmark entry
 
 
-class SuiteData(Protocol):
-    """What the benchmark reads of the suite's data (``visalign.eval.registry``'s SuiteData)."""
-
-    amber_dir: str | os.PathLike | None
-
-
 def read_queries(path: str | os.PathLike) -> list[dict]:
     """An AMBER query file: ``[{"id": n, "image": "AMBER_1.jpg", "query": "..."}]``."""
     queries = read_json(path)
@@ -534,11 +529,12 @@ class AmberBenchmark:
                 raise DataError(qpath, f"image not found: {image}", record=i, field="image")
             task = _task(amber.annotations[q["id"] - 1]["type"])
             gen = task == "generative"
-            out.append({"id": str(q["id"]), "image": str(image),
-                        "prompt": q["query"] if gen else q["query"] + self.yes_no_suffix,
-                        "task": task,
-                        "max_new_tokens": self.max_new_tokens if gen
-                        else self.yes_no_max_new_tokens})
+            rec = {"id": str(q["id"]), "image": str(image),
+                   "prompt": q["query"] if gen else q["query"] + self.yes_no_suffix,
+                   "task": task}
+            if not gen:   # descriptions take the suite's length for the benchmark
+                rec["max_new_tokens"] = self.yes_no_max_new_tokens
+            out.append(rec)
         return out
 
     def score(self, prompts: list[dict], answers: Mapping[str, str], data: SuiteData,
@@ -561,3 +557,6 @@ class AmberBenchmark:
                               "yes_no_suffix": self.yes_no_suffix}
         write_json(out / "amber.json", result)
         return result
+
+
+register(AmberBenchmark())

@@ -64,10 +64,9 @@ class ChairBenchmark:
                 n = 0
             if n < 1:
                 raise ValueError(f"--chair-images {spec}: N must be a positive integer")
-            from visalign.eval.coco_root import annotation_path
+            from visalign.data.coco import CocoRoot
 
-            inst = read_json(annotation_path(data.path("coco_root", "CHAIR"), "instances",
-                                             "val2014"))
+            inst = read_json(CocoRoot(data.path("coco_root", "CHAIR")).instances_path("val2014"))
             ids = sorted(int(im["id"]) for im in inst.get("images") or [])
             if n > len(ids):
                 raise ValueError(f"--chair-images {spec}: val2014 has only {len(ids)} images")
@@ -75,19 +74,19 @@ class ChairBenchmark:
         raise ValueError(f"--chair-images {spec!r}: use chair-500 or val2014:N")
 
     def prompts(self, data: SuiteData) -> list[dict]:
-        from visalign.eval.coco_root import image_path
+        from visalign.data.coco import CocoRoot
 
-        root = data.path("coco_root", "CHAIR")
-        return [{"id": str(i), "image": str(image_path(root, i)), "prompt": CHAIR_PROMPT,
+        root = CocoRoot(data.path("coco_root", "CHAIR"))
+        return [{"id": str(i), "image": str(root.find_image(i)), "prompt": CHAIR_PROMPT,
                  "image_id": i} for i in self.image_ids(data)]
 
     def score(self, prompts: list[dict], answers: dict[str, str], data: SuiteData,
               out: Path) -> dict:
         from visalign.eval.chair_lemma import CHAIR_VARIANTS, chair_evaluator
-        from visalign.eval.coco_root import GT_SPLITS, merged_coco
+        from visalign.data.coco import CocoRoot
 
         ids = [p["image_id"] for p in prompts]
-        inst, caps = merged_coco(data.path("coco_root", "CHAIR"), GT_SPLITS, ids)
+        inst, caps = CocoRoot(data.path("coco_root", "CHAIR")).merged(image_ids=ids)
         chair = type(chair_evaluator(data.chair_variant)).from_coco(inst, caps)
         res = chair.evaluate([{"id": p["id"], "image_id": p["image_id"],
                                "caption": answers[p["id"]]} for p in prompts],
@@ -197,7 +196,7 @@ class ObjHalBenchmark:
 
     def score(self, prompts: list[dict], answers: dict[str, str], data: SuiteData,
               out: Path) -> dict:
-        from visalign.eval.coco_root import GT_SPLITS, merged_coco
+        from visalign.data.coco import CocoRoot
         from visalign.eval.objhal import ObjHalScorer
 
         if not data.objhal_synonyms:
@@ -206,8 +205,8 @@ class ObjHalBenchmark:
                              "'coco' for visalign's packaged CHAIR table")
         scorer = ObjHalScorer(data.objhal_synonyms, mode=data.objhal_mode, nlp=data.objhal_nlp)
         ids = sorted({int(p["image_id"]) for p in prompts})
-        inst, caps = merged_coco(data.path("coco_root", "Object HalBench's ground truth"),
-                                 GT_SPLITS, ids)
+        inst, caps = CocoRoot(data.path("coco_root", "Object HalBench's ground truth")).merged(
+            image_ids=ids)
         scorer.load_ground_truth(inst, caps, ids)
         items = [{"id": p["id"], "image_id": p["image_id"], "question": p["question"],
                   "answer": answers[p["id"]]} for p in prompts]

@@ -84,11 +84,15 @@ def run_suite(model: Any, data: SuiteData, benchmarks: Sequence[str], out_dir: s
         mnt = int(settings.max_new_tokens.get(b.name, b.max_new_tokens))
         if vlm is None:
             vlm = _load(model, settings)
-        gcfg = GenerationConfig(batch_size=settings.batch_size, max_new_tokens=mnt,
-                                id_key="id", prompt_key="prompt", image_key="image",
-                                progress=settings.progress)
         path = out / f"answers_{b.name}.jsonl"
-        generate_answers(vlm, prompts, path, cfg=gcfg)
+        # a prompt may carry its own length (AMBER's yes/no questions): one pass per length,
+        # into the same resumable answer file
+        for n in sorted({int(p.get("max_new_tokens", mnt)) for p in prompts}):
+            gcfg = GenerationConfig(batch_size=settings.batch_size, max_new_tokens=n,
+                                    id_key="id", prompt_key="prompt", image_key="image",
+                                    progress=settings.progress)
+            generate_answers(vlm, [p for p in prompts if int(p.get("max_new_tokens", mnt)) == n],
+                             path, cfg=gcfg)
         timings[f"{b.name}_generate"] = round(time.time() - t, 3)
         t = time.time()
         res = b.score(prompts, _answers(path, prompts), data, out)
@@ -128,7 +132,7 @@ def _load(model: Any, settings: SuiteSettings) -> Any:
 
 def suite_markdown(result: dict) -> str:
     """The table of the shared report plus each benchmark's protocol and all its metrics."""
-    from visalign.eval.report import format_value
+    from visalign.report import format_value
     from visalign.report import results_markdown
 
     row = result["rows"][0]
