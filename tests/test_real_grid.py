@@ -57,7 +57,8 @@ def test_real_grid_trains_and_evaluates_every_method(real_grid):
     assert [(r["method"], r["data_size"]) for r in res["rows"]] == \
         [("base", 0)] + [(m, 16) for m in METHODS]
     for r in res["rows"]:
-        assert {"chair_s", "chair_i", "recall", "pope_f1", "bleu_4"} <= set(r["metrics"])
+        assert {"chair_s", "chair_i", "recall", "pope_f1", "pope_adversarial_f1",
+                "bleu_4", "cider"} <= set(r["metrics"])
         assert r["metrics"]["n_captions"] == 8
     md = (out / "results.md").read_text()
     assert all(f"| {m} |" in md for m in METHODS)
@@ -67,15 +68,21 @@ def test_real_grid_trains_and_evaluates_every_method(real_grid):
     assert all(isinstance(r["image_id"], int) and Path(r["image"]).is_absolute()
                for r in records)
     assert any("#" in r["id"] for r in records)           # shared ids kept under unique keys
-    # every model answered the CHAIR protocol's prompt on val2014 images
+    # every model answered the CHAIR protocol's prompt on val2014 images (visalign eval suite),
+    # and POPE's questions with LLaVA's suffix, built from val2014's annotations
     answers = [json.loads(x) for x in
-               (out / "cells" / "fisao-16" / "eval" / "answers_detail.jsonl").read_text()
+               (out / "cells" / "fisao-16" / "eval" / "answers_chair.jsonl").read_text()
                .splitlines()]
-    assert len(answers) == 8
-    assert all("val2014" in a["image"] for a in answers)
-    prompts = [json.loads(x) for x in (out / "source" / "prompts_val2014.jsonl").read_text()
-               .splitlines()]
-    assert {p["prompt"] for p in prompts} == {"Please describe this image in detail."}
+    assert len(answers) == 8 and all("val2014" in a["image"] for a in answers)
+    assert {a["prompt"] for a in answers} == {"Please describe this image in detail."}
+    pope = [json.loads(x) for x in
+            (out / "cells" / "base" / "eval" / "answers_pope.jsonl").read_text().splitlines()]
+    assert len(pope) == 3 * 8 * 6
+    assert all(p["prompt"].endswith("\nAnswer the question using a single word or phrase.")
+               for p in pope)
+    suite = json.loads((out / "cells" / "base" / "eval" / "results.json").read_text())
+    assert suite["config"]["protocols"]["chair"]["max_new_tokens"] == 16
+    assert "built from val2014" in suite["config"]["protocols"]["pope"]["files"]
     # the trainers ran with the recipes (FiSAO's from configs/recipes/llava-1.5-7b/fisao.yaml)
     import yaml
 

@@ -40,6 +40,14 @@ class CompareConfig:
     train_split: str = field("train2017", help="COCO split of the alignment images")
     verifier: str = field("", help="FiSAO's verifier: the CLIP whose vision model is the base "
                                    "model's vision tower ('' = BASE/verifier)")
+    benchmarks: list[str] = field(["chair", "pope"], help="real-data grids: the benchmarks of "
+                                  "`visalign eval suite` every model is evaluated with (chair, "
+                                  "pope, amber, mmhal, objhal)")
+    suite: dict = field({}, help="real-data grids: the suite's data and protocol options "
+                                 "(SuiteData: pope_dir, amber_dir, mmhal_file, objhal_file, "
+                                 "chair_images, chair_variant, judge, ...); CHAIR images default "
+                                 "to a seeded sample of eval.n_images val2014 images, POPE to "
+                                 "files built from val2014 with eval.pope_images images")
     world: str = field("", help="existing world dir ('' = build one into OUT/world)")
     world_preset: Literal["small", "tiny"] = field("small", help="world size when building")
     base_model: str = field("", help="existing base model dir; '' = train one into OUT/base; "
@@ -146,6 +154,20 @@ def grid_dirs(cfg: CompareConfig, out: str | Path) -> tuple[Path, Path]:
 def verifier_dir(cfg: CompareConfig, base: Path) -> Path:
     """FiSAO's verifier: the config's, else the base model's ``verifier/``."""
     return Path(cfg.verifier) if cfg.verifier else base / "verifier"
+
+
+def suite_data(cfg: CompareConfig, out: str | Path) -> Any:
+    """The eval suite's data of a real-data grid: the grid's COCO root and sizes, then
+    ``cfg.suite``'s options; derived files (built POPE questions, decoded images) are shared by
+    every cell under ``out/source/suite``."""
+    from visalign.eval.registry import SuiteData
+
+    defaults = {"coco_root": cfg.coco, "chair_images": f"val2014:{cfg.eval.n_images}",
+                "chair_seed": cfg.seed, "pope_images": cfg.eval.pope_images,
+                "pope_seed": cfg.eval.seed, "pope_splits": list(cfg.eval.pope_splits),
+                "chair_caption_metrics": cfg.eval.caption_metrics,
+                "work_dir": str(Path(out) / "source" / "suite")}
+    return load_config(SuiteData, None, {**defaults, **cfg.suite})
 
 
 def open_source(cfg: CompareConfig, out: str | Path) -> Any:

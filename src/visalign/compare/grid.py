@@ -24,7 +24,7 @@ from visalign.compare.analysis import grid_analysis
 from visalign.compare.cells import StageTimer, run_cell
 from visalign.compare.config import (PACKAGED, CompareConfig, check_alignment_sizes,
                                      check_config, grid_dirs, is_real, open_source,
-                                     skipped_cells, verifier_dir)
+                                     skipped_cells, suite_data, verifier_dir)
 from visalign.compare.methods import (alignment_image_ids, calibrate, copy_calibration,
                                       train_method)
 from visalign.config import config_to_dict, save_run_config
@@ -124,11 +124,27 @@ def open_grid(cfg: CompareConfig, st: StageTimer | None = None) -> Grid:
 
 
 def evaluator(grid: Grid) -> Callable[[str, Path], dict]:
-    """``evaluate(model_dir, out_dir)``: the grid's one evaluation suite."""
+    """``evaluate(model_dir, out_dir) -> {"metrics": ...}``: the grid's one evaluation for every
+    model. The micro-world's suite (:func:`visalign.eval.suite.evaluate_model`); on real data
+    ``visalign eval suite``'s benchmarks with their papers' protocols."""
+    cfg = grid.cfg
+    if is_real(cfg):
+        from visalign.eval.protocol_suite import SuiteSettings, run_suite
+
+        data = suite_data(cfg, grid.out)
+        lengths = {"chair": cfg.eval.max_new_tokens} if "chair" in cfg.benchmarks else {}
+
+        def evaluate_real(model_dir: str, eval_dir: Path) -> dict:
+            settings = SuiteSettings(batch_size=cfg.eval.batch_size, max_new_tokens=lengths,
+                                     method=eval_dir.parent.name, progress=cfg.progress)
+            res = run_suite(model_dir, data, cfg.benchmarks, eval_dir, settings)
+            return {"metrics": res["rows"][0]["metrics"], "timings": res["timings"]}
+        return evaluate_real
+
     from visalign.eval.suite import evaluate_model
 
     def evaluate(model_dir: str, eval_dir: Path) -> dict:
-        return evaluate_model(model_dir, grid.source, eval_dir, grid.cfg.eval)
+        return evaluate_model(model_dir, grid.source, eval_dir, cfg.eval)
     return evaluate
 
 

@@ -96,6 +96,13 @@ class ChairBenchmark:
                            "images": data.chair_images, "prompt": CHAIR_PROMPT,
                            "ground_truth": "COCO 2014 train + val instances and captions"}
         res.pop("variant", None)
+        if data.chair_caption_metrics:
+            from visalign.eval.captions import caption_metrics
+
+            cm = caption_metrics([{"image_id": p["image_id"], "caption": answers[p["id"]]}
+                                  for p in prompts], caps, meteor=False, path="CHAIR answers")
+            res["metrics"].update(cm["metrics"])
+            res["caption_tokenizer"] = cm["tokenizer"]
         write_json(out / "chair.json", res)
         return res
 
@@ -107,7 +114,7 @@ class PopeBenchmark:
     def prompts(self, data: SuiteData) -> list[dict]:
         from visalign.eval.pope_protocol import pope_file, pope_prompts, read_pope_file
 
-        pope_dir = data.path("pope_dir", "POPE")
+        pope_dir = data.path("pope_dir", "POPE") if data.pope_dir else _built_pope(data)
         images = data.path("coco_root", "POPE (its images are COCO val2014)") / "val2014"
         out: list[dict] = []
         for split in data.pope_splits:
@@ -119,9 +126,38 @@ class PopeBenchmark:
         from visalign.eval.pope_protocol import score_pope_answers
 
         res = score_pope_answers(prompts, answers, data.pope_parser)
-        res["protocol"] = {"parser": data.pope_parser, "splits": list(data.pope_splits)}
+        res["protocol"] = {"parser": data.pope_parser, "splits": list(data.pope_splits),
+                           "files": data.pope_dir or
+                           f"built from val2014 annotations ({data.pope_images} images per "
+                           f"split, seed {data.pope_seed})"}
         write_json(out / "pope.json", res)
         return res
+
+
+def _built_pope(data: SuiteData) -> Path:
+    """POPE's three files in its own format, built from the COCO root's val2014 instances with
+    POPE's sampling (:func:`visalign.eval.pope.build_pope`; seeded), for a user without the
+    shipped files. Written once under ``work_dir``."""
+    import json
+
+    from visalign.data.coco import CocoRoot
+    from visalign.eval.pope import build_pope
+    from visalign.io import atomic_write_text
+
+    root = CocoRoot(data.path("coco_root", "POPE (its images are COCO val2014)"))
+    folder = _work(data, f"pope_built_{data.pope_images}_{data.pope_seed}")
+    names = {img["id"]: img["file_name"]
+             for img in root.instances("val2014").dataset["images"]}
+    for split in data.pope_splits:
+        path = folder / f"coco_pope_{split}.json"
+        if path.exists():
+            continue
+        qs = build_pope(root.instances("val2014"), split, data.pope_images, 3, data.pope_seed)
+        lines = [json.dumps({"question_id": i + 1, "image": names[q["image_id"]],
+                             "text": q["question"], "label": q["label"]})
+                 for i, q in enumerate(qs)]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+    return folder
 
 
 class MMHalBenchmark:

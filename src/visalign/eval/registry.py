@@ -30,7 +30,9 @@ class SuiteData:
 
     coco_root: str = field("", help="COCO root: annotations/{instances,captions}_{train,val}2014"
                                     ".json and the image folders (val2014/, train2017/, ...)")
-    pope_dir: str = field("", help="folder of POPE's coco_pope_{random,popular,adversarial}.json")
+    pope_dir: str = field("", help="folder of POPE's coco_pope_{random,popular,adversarial}.json "
+                                   "('' = build them from the COCO root's val2014 annotations "
+                                   "with POPE's sampling: pope_images, pope_seed)")
     amber_dir: str = field("", help="AMBER's data/ folder")
     mmhal_file: str = field("", help="MMHal-Bench response_template.json (images/ beside it)")
     objhal_file: str = field("", help="Object HalBench obj_halbench_300_with_image.jsonl")
@@ -40,7 +42,12 @@ class SuiteData:
     chair_seed: int = field(0, help="seed of the val2014:N sample")
     chair_variant: str = field("reference", help="reference (chair.py) or lemma (OPERA / "
                                                  "less-is-more / PAI)")
+    chair_caption_metrics: bool = field(True, help="also score the CHAIR descriptions with "
+                                                   "BLEU/ROUGE-L/CIDEr against COCO's captions")
     pope_parser: str = field("llava", help="llava (eval_pope.py) or lmms (exact match)")
+    pope_images: int = field(500, help="without pope_dir: images per split of the POPE files "
+                                       "built from the COCO root's val2014 annotations")
+    pope_seed: int = field(0, help="without pope_dir: seed of those files")
     pope_splits: list[str] = field(["random", "popular", "adversarial"], help="POPE splits")
     mmhal_images: str = field("", help="MMHal-Bench image folder (default: images/ beside the "
                                        "file)")
