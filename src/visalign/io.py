@@ -60,9 +60,44 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
-    """Atomically write ``obj`` as JSON (UTF-8, keys in insertion order)."""
-    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2,
+               records_per_line: bool = False) -> Path:
+    """Atomically write ``obj`` as JSON (UTF-8, keys in insertion order).
+
+    ``records_per_line``: containers inside lists (per-item records) go on one line each;
+    the rest is indented as usual. Same JSON value, and for a result with thousands of
+    records several times faster to write (indented output uses Python's pure encoder).
+    """
+    if records_per_line and indent is not None:
+        text = _dumps_records_per_line(obj, indent, 0)
+    else:
+        text = json.dumps(obj, indent=indent, ensure_ascii=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def _json_key(key: Any) -> str:
+    # The key conversions json.dumps makes (bool before int: True is an int).
+    if isinstance(key, str):
+        return key
+    if key is True or key is False or key is None:
+        return json.dumps(key)
+    if isinstance(key, (int, float)):
+        return json.dumps(key)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
+def _dumps_records_per_line(obj: Any, indent: int, level: int, in_list: bool = False) -> str:
+    if in_list or not isinstance(obj, (dict, list)) or not obj:
+        return json.dumps(obj, ensure_ascii=False)
+    pad = "\n" + " " * (indent * (level + 1))
+    if isinstance(obj, dict):
+        items = [json.dumps(_json_key(k), ensure_ascii=False) + ": "
+                 + _dumps_records_per_line(v, indent, level + 1) for k, v in obj.items()]
+        open_, close = "{", "}"
+    else:
+        items = [_dumps_records_per_line(v, indent, level + 1, in_list=True) for v in obj]
+        open_, close = "[", "]"
+    return open_ + pad + ("," + pad).join(items) + "\n" + " " * (indent * level) + close
 
 
 def read_json(path: str | os.PathLike) -> Any:

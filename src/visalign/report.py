@@ -49,7 +49,7 @@ def write_result(out: str | os.PathLike, result: Mapping[str, Any], title: str,
     md = metrics_markdown(result["metrics"], title)
     if notes:
         md += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    write_json(out, result)
+    write_json(out, result, records_per_line=True)
     atomic_write_text(md_path, md)
     return out, md_path
 

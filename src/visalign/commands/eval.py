@@ -30,6 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--synonyms", default=None,
                    help="synonym table (default: the packaged 80-category COCO table)")
     c.add_argument("--out", required=True, help="result JSON path")
+    c.add_argument("--no-cache", action="store_true",
+                   help="parse the annotation files every time (default: reuse their parsed "
+                        "index, cached by content next to --instances or in the user cache "
+                        "dir; the scores are the same)")
+    c.add_argument("--cache-dir", default=None,
+                   help="where to keep the annotation index cache (default: "
+                        ".visalign-cache/ next to --instances, else the user cache dir)")
     c.add_argument("--debug", action="store_true", help="show full tracebacks")
     c.set_defaults(func=_chair)
 
@@ -98,11 +105,13 @@ def _chair(args: argparse.Namespace) -> int:
     from visalign.report import write_result
 
     synonyms = load_synonyms(args.synonyms)
-    chair = Chair.from_coco(args.instances, args.coco_captions, synonyms)
+    cache = False if args.no_cache else (args.cache_dir or True)
+    chair = Chair.from_coco(args.instances, args.coco_captions, synonyms, cache=cache)
     result = chair.evaluate(load_captions(args.captions), path=args.captions)
     result["inputs"] = {"captions": args.captions, "instances": args.instances,
                         "coco_captions": args.coco_captions,
-                        "synonyms": args.synonyms or "packaged COCO table"}
+                        "synonyms": args.synonyms or "packaged COCO table",
+                        "index_cache": str(chair.index_path) if chair.index_path else None}
     notes = [] if args.coco_captions else [
         "ground truth from instances only (no --coco-captions): the reference CHAIR also "
         "counts objects named in the human captions"]

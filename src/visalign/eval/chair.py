@@ -183,12 +183,16 @@ class Chair:
         for parts, target in merges.items():
             protected.update(parts)
             protected.update(target.split())
+        self._protected = frozenset(protected)
         self._singular: dict[str, str] = {w: w for w in protected}
 
         self._gt_segments: dict[Any, set[str]] = {}
         self._gt_captions: dict[Any, list[str]] = {}
         self._gt_cache: dict[Any, frozenset[str]] = {}
+        # From a cached index (visalign.eval.chair_index): image -> category numbers.
+        self._gt_index: dict[Any, list[int]] = {}
         self._gt_source: Any = None
+        self.index_path: Path | None = None  # the cache file used or written by from_coco
 
     # ------------------------------------------------------------------ ground truth
     @classmethod
@@ -214,23 +218,52 @@ class Chair:
 
     @classmethod
     def from_coco(cls, instances_path: Any, captions_path: Any = None,
-                  synonyms: list[list[str]] | None = None) -> "Chair":
+                  synonyms: list[list[str]] | None = None, *,
+                  cache: bool | str | os.PathLike = False) -> "Chair":
         """Ground truth from COCO ``instances`` (and optionally ``captions``) JSON files
-        (paths, loaded dicts or pycocotools ``COCO`` objects)."""
+        (paths, loaded dicts or pycocotools ``COCO`` objects).
+
+        ``cache``: for file paths, reuse (or write) the parsed index of these files
+        (:mod:`visalign.eval.chair_index`: keyed by their content, next to the instances file
+        or in the user cache dir; ``True``) or in the given directory. Scores are the same
+        either way; loaded dicts and ``COCO`` objects are always parsed.
+        """
         chair = cls(synonyms)
+        paths = isinstance(instances_path, (str, os.PathLike)) and (
+            captions_path is None or isinstance(captions_path, (str, os.PathLike)))
+        if not (cache and paths):
+            chair._read_coco(instances_path, captions_path)
+            return chair
+        from visalign.eval import chair_index
+
+        for p in (instances_path, captions_path):
+            if p is not None and not Path(p).exists():
+                raise DataError(p, "file not found")
+        dirs = chair_index.cache_dirs(instances_path, None if cache is True else cache)
+        name, key = chair_index.index_key(chair._index_rules(), instances_path, captions_path)
+        found = chair_index.load_index(dirs, name, key)
+        if found is not None and chair._load_index(found[0]):
+            chair.index_path = found[1]
+        else:
+            chair._read_coco(instances_path, captions_path)
+            chair.index_path = chair_index.save_index(dirs, name, key, chair._index_payload())
+        chair._gt_source = instances_path
+        return chair
+
+    def _read_coco(self, instances_path: Any, captions_path: Any) -> None:
         inst, ipath = coco_json(instances_path, "instances")
-        chair._gt_source = ipath
+        self._gt_source = ipath
         id_to_cat: dict[Any, str] = {}
         for i, cat in enumerate(inst.get("categories") or []):
             name = " ".join(str(cat.get("name", "")).lower().split())
-            if name not in chair.word_to_category:
+            if name not in self.word_to_category:
                 raise DataError(ipath, f"category {cat.get('name')!r} (id {cat.get('id')}) is "
                                        "not in the synonym table", record=f"categories[{i}]",
                                 field="name")
-            id_to_cat[cat.get("id")] = chair.word_to_category[name]
+            id_to_cat[cat.get("id")] = self.word_to_category[name]
         for img in inst.get("images") or []:
-            chair._gt_segments.setdefault(norm_image_id(img.get("id")), set())
-        segs = chair._gt_segments
+            self._gt_segments.setdefault(norm_image_id(img.get("id")), set())
+        segs = self._gt_segments
         for i, ann in enumerate(inst.get("annotations") or []):
             if "image_id" not in ann:
                 raise DataError(ipath, "missing image id", record=f"annotations[{i}]",
@@ -246,25 +279,66 @@ class Chair:
             s.add(cat)
         if captions_path is not None:
             caps, cpath = coco_json(captions_path, "captions")
-            per_image = chair._gt_captions
+            per_image = self._gt_captions
             for i, ann in enumerate(caps.get("annotations") or []):
                 text = ann.get("caption")
                 if not isinstance(text, str) or "image_id" not in ann:
                     raise DataError(cpath, "expected 'image_id' and a string 'caption'",
                                     record=f"annotations[{i}]")
                 per_image.setdefault(norm_image_id(ann["image_id"]), []).append(text)
-        return chair
+
+    # ------------------------------------------------------------------ cached index
+    def _index_rules(self) -> dict:
+        """Everything besides the annotation files that the ground-truth index depends on
+        (part of its cache key). A subclass that finds objects differently must extend it."""
+        from importlib.metadata import version
+
+        return {"class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "synonyms": self.synonyms, "token_re": _TOKEN_RE.pattern,
+                "merges": sorted([list(k), v] for k, v in self._index_merges()),
+                "protected": sorted(self._protected), "inflect": version("inflect")}
+
+    def _index_merges(self) -> list[tuple[tuple[str, ...], str]]:
+        return [((first, *rest), target) for first, cands in self._merges_by_first.items()
+                for rest, target in cands]
+
+    def _index_payload(self) -> dict:
+        """The ground truth of every image as category numbers (computes the caption-derived
+        part of all images, which evaluation otherwise does lazily)."""
+        number = {c: i for i, c in enumerate(self.categories)}
+        ids = list(dict.fromkeys([*self._gt_segments, *self._gt_captions]))
+        return {"categories": self.categories,
+                "images": [[i, sorted(number[c] for c in self.gt_objects(i))] for i in ids]}
+
+    def _load_index(self, payload: dict) -> bool:
+        """Take the ground truth from a cached index; False (nothing taken) if it does not fit
+        this table."""
+        n = len(self.categories)
+        if payload["categories"] != self.categories:
+            return False
+        try:
+            index = {i: idx for i, idx in payload["images"]}
+            ok = all(isinstance(idx, list) and all(type(c) is int and 0 <= c < n for c in idx)
+                     for idx in index.values())
+        except (TypeError, ValueError):
+            return False
+        if ok:
+            self._gt_index = index
+        return ok
 
     def has_image(self, image_id: Any) -> bool:
         """Whether ``image_id`` has ground truth (instances or reference captions)."""
         key = norm_image_id(image_id)
-        return key in self._gt_segments or key in self._gt_captions
+        return key in self._gt_segments or key in self._gt_captions or key in self._gt_index
 
     def gt_objects(self, image_id: Any) -> set[str]:
         """Ground-truth categories of an image: instance categories ∪ objects mentioned in
         its reference captions. Unknown image ids raise :class:`DataError`."""
         key = norm_image_id(image_id)
         cached = self._gt_cache.get(key)
+        if cached is None and key in self._gt_index:
+            cats = self.categories
+            self._gt_cache[key] = cached = frozenset(cats[i] for i in self._gt_index[key])
         if cached is None:
             if not self.has_image(key):
                 raise DataError(self._gt_source, f"image_id {image_id!r} has no ground truth "
@@ -413,11 +487,43 @@ def _inflect_singular(word: str) -> str | bool:
     if r is None:
         global _INFLECT
         if _INFLECT is None:
-            import inflect  # imported lazily: ~0.3 s, and only captions need it
-            _INFLECT = inflect.engine()
+            _INFLECT = _inflect_engine()
         try:
             r = _INFLECT.singular_noun(word)
         except Exception:  # inflect rejects some odd strings; they stay as they are
             r = False
         _INFLECT_CACHE[word] = r
     return r
+
+
+def _inflect_engine() -> Any:
+    """An ``inflect`` engine, imported lazily (only captions need it) and, when this is the
+    first import of inflect, without typeguard's instrumentation.
+
+    inflect wraps its methods in typeguard's ``@typechecked``, which re-parses and recompiles
+    each of them at import: ~1.5 s of CPU, the largest part of scoring a caption file once the
+    annotation index is cached. Those checks only reject arguments that are not non-empty
+    strings; only non-empty alphabetic words reach inflect here, so its answers are the same.
+    """
+    import sys
+
+    if "inflect" not in sys.modules:
+        try:
+            import typeguard
+        except ImportError:  # an inflect without typeguard: nothing to skip
+            typeguard = None
+        if typeguard is not None:
+            checked = typeguard.typechecked
+
+            def unchecked(target: Any = None, **_: Any) -> Any:
+                return target if target is not None else (lambda t: t)
+
+            typeguard.typechecked = unchecked
+            try:
+                import inflect  # noqa: F401
+            finally:
+                typeguard.typechecked = checked
+    import inflect
+
+    return inflect.engine()
+
