@@ -365,6 +365,8 @@ class VLM:
                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         from transformers import GenerationConfig, LogitsProcessorList
 
+        from visalign.models.decoding import growing_cache
+
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
         texts = self._prompt_texts(prompts)
@@ -382,9 +384,12 @@ class VLM:
         if do_sample:
             u = self._uniforms(len(texts), max_new_tokens, generator_seed, seeds)
             processors.append(_SeededSampler(u, prompt_len, temperature, top_p))
+        # Keys/values written in place rather than concatenated every step (same logits).
+        cache = growing_cache(self.model, prompt_len + min(max_new_tokens, 256))
+        extra = {} if cache is None else {"cache": cache}
         with self._eval_mode():
             out = self.model.generate(**inputs, generation_config=gen_cfg,
-                                      logits_processor=processors)
+                                      logits_processor=processors, **extra)
         return inputs, out[:, prompt_len:]
 
     def _responses(self, new: torch.Tensor) -> tuple[list[list[int]], torch.Tensor, list[bool]]:
@@ -465,29 +470,11 @@ class VLM:
 
     def _decode_with_offsets(self, rows: list[list[int]]
                              ) -> tuple[list[str], list[list[tuple[int, int]]]]:
-        """Decoded, stripped texts and each token's char span in them (via prefix decoding)."""
-        prefixes = [r[:k] for r in rows for k in range(1, len(r) + 1)]
-        decoded = self.tokenizer.batch_decode(prefixes, skip_special_tokens=True,
-                                              clean_up_tokenization_spaces=False)
-        texts, offsets, pos = [], [], 0
-        for r in rows:
-            pre = decoded[pos:pos + len(r)]
-            pos += len(r)
-            full = pre[-1] if pre else ""
-            text = full.strip()
-            lead = len(full) - len(full.lstrip())
-            spans, prev = [], 0
-            for p in pre:
-                # Clip: a prefix cut inside a multi-byte character decodes to U+FFFD.
-                end = min(max(prev, len(p) - lead), len(text))
-                start = prev
-                while start < end and text[start].isspace():
-                    start += 1
-                spans.append((start, end))
-                prev = end
-            texts.append(text)
-            offsets.append(spans)
-        return texts, offsets
+        """Decoded, stripped texts and each token's char span in them (see
+        :func:`visalign.models.decoding.token_char_spans`)."""
+        from visalign.models.decoding import token_char_spans
+
+        return token_char_spans(self.tokenizer, rows)
 
     # -------------------------------------------------------------------- misc
 
