@@ -6,15 +6,38 @@ Every evaluation returns (and the ``visalign eval`` commands write) the shared r
 ``{"metrics": {...}, ...details}`` with fractions in [0, 1].
 """
 
-from visalign.eval.captions import caption_metrics, load_captions, load_references
-from visalign.eval.chair import Chair, Mention, load_synonyms
-from visalign.eval.chair_lemma import ChairLemma
-from visalign.eval.judge import JudgeClient, JudgeConfig, JudgeError, judge_records
-from visalign.eval.pope import build_pope, parse_yes_no, score_pope
+from __future__ import annotations
 
-__all__ = [
-    "Chair", "ChairLemma", "Mention", "load_synonyms",
-    "build_pope", "score_pope", "parse_yes_no",
-    "caption_metrics", "load_captions", "load_references",
-    "JudgeClient", "JudgeConfig", "JudgeError", "judge_records",
-]
+import importlib
+from typing import Any
+
+# Names are imported on first use: a command that needs one scorer (``visalign eval chair``
+# starts in well under a second) does not pay for the judge's client or the others.
+_EXPORTS = {
+    "Chair": "chair", "Mention": "chair", "load_synonyms": "chair",
+    "ChairLemma": "chair_lemma",
+    "build_pope": "pope", "score_pope": "pope", "parse_yes_no": "pope",
+    "caption_metrics": "captions", "load_captions": "captions", "load_references": "captions",
+    "JudgeClient": "judge", "JudgeConfig": "judge", "JudgeError": "judge",
+    "judge_records": "judge",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        try:  # a submodule used as an attribute (visalign.eval.judge)
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
