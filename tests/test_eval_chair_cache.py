@@ -207,3 +207,18 @@ def test_inflect_without_typeguard_gives_the_same_singular_forms():
         out[mode] = json.loads(proc.stdout)
     assert out["checked"]["checked"] and not out["fast"]["checked"]
     assert out["fast"]["forms"] == out["checked"]["forms"]
+
+
+def test_a_subclass_that_finds_mentions_its_own_way_is_not_cached(coco):
+    d, records = coco
+
+    class NoDogs(Chair):  # another extraction rule the cache key knows nothing about
+        def _mentions_and_len(self, caption):
+            found, n = super()._mentions_and_len(caption)
+            return [m for m in found if m.category != "dog"], n
+
+    Chair.from_coco(d / "instances.json", d / "captions.json", cache=True)
+    sub = NoDogs.from_coco(d / "instances.json", d / "captions.json", cache=True)
+    assert sub.index_path is None
+    assert sub.evaluate(records) == NoDogs.from_coco(d / "instances.json",
+                                                     d / "captions.json").evaluate(records)

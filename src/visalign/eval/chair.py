@@ -231,7 +231,7 @@ class Chair:
         chair = cls(synonyms)
         paths = isinstance(instances_path, (str, os.PathLike)) and (
             captions_path is None or isinstance(captions_path, (str, os.PathLike)))
-        if not (cache and paths):
+        if not (cache and paths and chair._index_cacheable()):
             chair._read_coco(instances_path, captions_path)
             return chair
         from visalign.eval import chair_index
@@ -297,6 +297,14 @@ class Chair:
                 "synonyms": self.synonyms, "token_re": _TOKEN_RE.pattern,
                 "merges": sorted([list(k), v] for k, v in self._index_merges()),
                 "protected": sorted(self._protected), "inflect": version("inflect")}
+
+    def _index_cacheable(self) -> bool:
+        # A subclass that finds mentions its own way (another tokenizer, lemmas) has rules the
+        # key does not describe unless it says so by extending _index_rules: no cache then.
+        cls = type(self)
+        return (cls._index_rules is not Chair._index_rules
+                or all(getattr(cls, m) is getattr(Chair, m)
+                       for m in ("_mentions_and_len", "mentions", "_words", "_sing")))
 
     def _index_merges(self) -> list[tuple[tuple[str, ...], str]]:
         return [((first, *rest), target) for first, cands in self._merges_by_first.items()

@@ -12,8 +12,8 @@ version that singularises), and this format's version. A changed annotation file
 synonym table or another visalign rule set therefore rebuilds the index; scores are identical
 with and without the cache (tested). Files go to ``.visalign-cache/`` next to the instances
 file, or, when that directory is not writable, to the user cache directory
-(``$VISALIGN_CACHE_DIR``, else ``$XDG_CACHE_HOME/visalign``, else ``~/.cache/visalign``); they
-are written atomically, and a damaged or foreign file is rebuilt, never trusted.
+(``$VISALIGN_CACHE_DIR``, else ``~/.cache/visalign``); they are written atomically, and a
+damaged or foreign file is rebuilt, never trusted.
 """
 
 from __future__ import annotations
@@ -31,12 +31,10 @@ _DIR_NAME = ".visalign-cache"
 
 
 def user_cache_dir() -> Path:
-    """visalign's per-user cache directory (``$VISALIGN_CACHE_DIR`` overrides)."""
+    """visalign's per-user cache directory, as the judge's cache uses it:
+    ``$VISALIGN_CACHE_DIR``, else ``~/.cache/visalign``."""
     env = os.environ.get("VISALIGN_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "visalign"
+    return Path(env) if env else Path.home() / ".cache" / "visalign"
 
 
 def cache_dirs(instances_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
