@@ -383,8 +383,12 @@ class VLM:
             u = self._uniforms(len(texts), max_new_tokens, generator_seed, seeds)
             processors.append(_SeededSampler(u, prompt_len, temperature, top_p))
         with self._eval_mode():
+            # synced_gpus=False: transformers turns it on for ZeRO-3/FSDP models, stepping
+            # every rank until the longest finishes with a collective per token; visalign
+            # generates on gathered weights (training.engine.generation_model), where no
+            # forward needs another rank
             out = self.model.generate(**inputs, generation_config=gen_cfg,
-                                      logits_processor=processors)
+                                      logits_processor=processors, synced_gpus=False)
         return inputs, out[:, prompt_len:]
 
     def _responses(self, new: torch.Tensor) -> tuple[list[list[int]], torch.Tensor, list[bool]]:
