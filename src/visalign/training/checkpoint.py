@@ -98,6 +98,28 @@ def _full_copy(unwrapped: Any, state_dict: dict) -> Any:
     return fresh
 
 
+def gather_full_state_dict(acc: Any, model: Any) -> dict:
+    """The full state dict of a sharded model on the main process (empty elsewhere); every
+    process must call it. DeepSpeed: accelerate's ``get_state_dict`` (ZeRO-3's 16-bit gather,
+    which keeps the parameters' own dtype). FSDP2: each sharded tensor is all-gathered in turn
+    (``DTensor.full_tensor``), so no process holds more than one gathered tensor beside its
+    shards; accelerate 1.16's ``get_state_dict`` returns the sharded tensors themselves for a
+    model on the CPU."""
+    from visalign.training.engine import launched_engine
+
+    if launched_engine() == "deepspeed":
+        return acc.get_state_dict(model)
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for k, v in model.state_dict().items():     # the same order on every process
+        if isinstance(v, DTensor):
+            v = v.full_tensor()
+        if acc.is_main_process:
+            out[k] = v.detach().to("cpu", copy=True)
+    return out
+
+
 def _write_model_dir(model: Any, processor: Any, out: Path) -> Path:
     """``model`` and ``processor`` to ``out/model``, through a temp dir renamed into place."""
     model_dir, tmp = out / "model", out / ".model.tmp"
@@ -122,7 +144,7 @@ def save_model(vlm: Any, cfg: TrainConfig, out: Path, acc: Any = None,
     from visalign.training.engine import is_sharded
 
     if acc is not None and is_sharded():
-        state_dict = acc.get_state_dict(model)      # collective; full on the main process
+        state_dict = gather_full_state_dict(acc, model)
         model_dir = out / "model"
         if acc.is_main_process:
             full = _full_copy(acc.unwrap_model(model), state_dict)

@@ -175,6 +175,10 @@ def generation_model(acc: Any, model: Any) -> Iterator[Any]:
         from torch.distributed.fsdp import FSDPModule
 
         units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        if isinstance(model, FSDPModule):
+            # generate runs the vision tower before the root's forward: the root must claim
+            # its units first (torch does that lazily, at the root's first forward)
+            model._get_fsdp_state()._lazy_init()
         # torch restores a unit's resharding only through private state: saved and put back
         # exactly (the root and the output head are set up differently from the layers)
         saved = []

@@ -92,6 +92,8 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
     # optimiser step (it assumes a shrunken loader), running the schedule N times too fast on
     # N processes. It is stepped here once per synchronised step and checkpointed with the rest.
     model, opt, loader = acc.prepare(model, opt, loader)
+    # FSDP2 replaces the parameters by sharded ones: clip the ones the optimiser now holds
+    params = [p for p in model.parameters() if p.requires_grad]
     acc.register_for_checkpointing(sched)
     if cfg.mixed_precision == "bf16":
         def autocast():

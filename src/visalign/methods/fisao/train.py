@@ -134,6 +134,8 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     # optimiser step (it assumes the data loader shrank), which would run the schedule N times
     # too fast here. It is registered so checkpoints still hold its state.
     model, opt = acc.prepare(model, opt)
+    # FSDP2 replaces the parameters by sharded ones: clip the ones the optimiser now holds
+    params = [p for p in model.parameters() if p.requires_grad]
     acc.register_for_checkpointing(sched)
     base = acc.unwrap_model(model)
     vlm.model = base
