@@ -158,3 +158,24 @@ def test_an_accelerate_config_that_does_not_fit_the_machine_is_refused(monkeypat
         check_launch()
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     check_launch()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (
+    Path(__file__).parents[1] / "configs" / "accelerate").glob("*.yaml")))
+def test_shipped_accelerate_configs_fit_accelerates_schema(name):
+    """Every shipped config loads as accelerate's ClusterConfig (an unknown or misspelt key
+    fails there); the CPU forms run with no mixed precision, the GPU forms in bf16."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = Path(__file__).parents[1] / "configs" / "accelerate" / name
+    cfg = load_config_from_file(str(path))
+    assert cfg.num_processes >= 1
+    if name.startswith("cpu_"):
+        assert cfg.use_cpu and cfg.mixed_precision == "no" and cfg.num_processes == 2
+    else:
+        assert not cfg.use_cpu and cfg.mixed_precision == "bf16"
+    if "zero3" in name:
+        assert cfg.deepspeed_config["zero_stage"] == 3
+        assert cfg.deepspeed_config.get("zero3_save_16bit_model") is True
+    if "fsdp" in name:
+        assert str(cfg.fsdp_config["fsdp_version"]) == "2"

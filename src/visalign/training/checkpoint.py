@@ -21,6 +21,7 @@ from typing import Any
 from visalign.config import ConfigError
 from visalign.io import write_json
 from visalign.training.config import TrainConfig
+from visalign.training.engine import plain_init
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:
@@ -83,7 +84,7 @@ def _full_copy(unwrapped: Any, state_dict: dict) -> Any:
 
     is_peft = hasattr(unwrapped, "peft_config")
     base = unwrapped.get_base_model() if is_peft else unwrapped
-    with torch.device("meta"):
+    with torch.device("meta"), plain_init():
         fresh = _unsharded_class(base)._from_config(copy.deepcopy(base.config))
         if is_peft:
             from peft import get_peft_model

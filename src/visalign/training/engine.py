@@ -199,3 +199,20 @@ def generation_model(acc: Any, model: Any) -> Iterator[Any]:
                     g.post_forward_mesh_info = info
         return
     yield acc.unwrap_model(model)
+
+
+@contextlib.contextmanager
+def plain_init() -> Iterator[None]:
+    """Models built or loaded inside are ordinary, whole models, even while a DeepSpeed ZeRO-3
+    plugin is active: transformers would otherwise build them inside ``deepspeed.zero.Init``
+    (partitioned across processes, with collective calls that hang a build on one process).
+    visalign loads the policy whole and lets ``prepare`` partition it; the verifier and the
+    model written at the end are never partitioned."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = ref

@@ -120,8 +120,11 @@ def load_for_training(cfg: TrainConfig, path: str | None = None, device: str = "
                                    bnb_4bit_quant_storage=torch.bfloat16)
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         dtype = "bfloat16"
-    return load_vlm(path or cfg.model, dtype=dtype, device=device,
-                    attn_implementation=cfg.attn_implementation, quantization_config=quant)
+    from visalign.training.engine import plain_init
+
+    with plain_init():   # whole on every process; prepare shards it (FSDP, ZeRO-3)
+        return load_vlm(path or cfg.model, dtype=dtype, device=device,
+                        attn_implementation=cfg.attn_implementation, quantization_config=quant)
 
 
 def _vision_modules(model: Any) -> list:

@@ -22,7 +22,8 @@ from visalign.methods.fisao.rollout import (load_calibrations, load_entities, sc
                                                 shaped_rewards, shuffled_rewards)
 from visalign.training import (TrainResult, check_memory_settings, check_resume,
                                generation_model, is_sharded, latest_checkpoint, launched_engine,
-                               load_for_training, lr_lambda, make_accelerator, prepare_model,
+                               load_for_training, lr_lambda, make_accelerator, plain_init,
+                               prepare_model,
                                save_checkpoint, save_model, seed_everything)
 from visalign.training.tracking import (Throughput, end_tracking, start_tracking, track,
                                         tracking_dir)
@@ -92,9 +93,10 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
         vlm = load_for_training(cfg, device="cpu" if is_sharded() else str(acc.device))
     verifier = cfg.verifier or str(Path(cfg.model) / "verifier")
     # the calibration says how its scores were computed; the rewards must use the same score
-    scorer = ClipScorer.from_pretrained(verifier, template=cfg.template or calib.template,
-                                        device=acc.device, pooling=calib.pooling,
-                                        patch_labels=calib.patch_labels or None)
+    with plain_init():   # the verifier is no part of the engine: never partitioned
+        scorer = ClipScorer.from_pretrained(verifier, template=cfg.template or calib.template,
+                                            device=acc.device, pooling=calib.pooling,
+                                            patch_labels=calib.patch_labels or None)
     for c in (calib, sent_calib):
         if c is not None and not math.isclose(c.scale, scorer.scale, rel_tol=1e-3):
             raise DataError(cfg.calibration, f"calibrated with score scale {c.scale:g} but the "
