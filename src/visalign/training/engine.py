@@ -141,6 +141,11 @@ def make_accelerator(*, grad_accum: int = 1, micro_batch: int | None = None,
             acc = Accelerator(cpu=True, **kw)
             if acc.num_processes > 1:
                 # accelerate attaches FSDP only to accelerator devices (module docstring)
+                # (on both shared states: each AcceleratorState() built later, e.g. inside
+                # save_state, copies the PartialState's distributed_type over its own)
+                from accelerate.state import PartialState
+
+                PartialState._shared_state["distributed_type"] = DistributedType.FSDP
                 acc.state.distributed_type = DistributedType.FSDP
                 acc.state.fsdp_plugin = plugin
     if acc.num_processes != int(os.environ.get("WORLD_SIZE", "1")):
