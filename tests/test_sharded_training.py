@@ -124,13 +124,16 @@ def setup(tmp_path_factory, tiny_llava_dir, tiny_clip_dir):
                     out=str(one / "sft3"), batch_size=2, max_steps=3))
     common = [f"{k}={v}" for k, v in COMMON.items()]
     fis = [f"{k}={v}" for k, v in fisao_args.items()]
-    sft = ["train", "sft", "--model", str(tiny_llava_dir), "--data", str(root / "sft.json"),
-           "--image-root", str(root), *common, "batch_size=1", "log_every=1"]
+    def sft(out: Path, *extra: str) -> list[str]:
+        return ["train", "sft", "--model", str(tiny_llava_dir), "--data", str(root / "sft.json"),
+                "--image-root", str(root), "--out", str(out), *common, "batch_size=1",
+                "log_every=1", *extra]
+
     spec = lambda out: [  # noqa: E731
-        [*sft, "--out", str(out / "sft")],
+        sft(out / "sft"),
         # a sharded checkpoint at step 1, then a longer run that resumes from it
-        [*sft, "--out", str(out / "resume"), "save_every=1"],
-        [*sft, "--out", str(out / "resume"), "save_every=1", "max_steps=3"],
+        sft(out / "resume", "save_every=1"),
+        sft(out / "resume", "save_every=1", "max_steps=3"),
         ["train", "dpo", "--model", str(tiny_llava_dir), "--pairs", str(root / "pairs.json"),
          "--out", str(out / "dpo"), *common, "batch_size=1", "log_every=1"],
         ["train", "fisao", "--model", str(tiny_llava_dir), "--data", str(root / "fisao.json"),
@@ -148,7 +151,8 @@ def _run_engine(setup, config: str, name: str) -> Path:
     write_json(root / f"{name}.json", spec(out))
     res = launch_2proc([str(Path(__file__).parent / "_sharded_driver.py"),
                         str(root / f"{name}.json")], timeout=TIMEOUT, config=config)
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-6000:])
+    errors = [ln for ln in res.stderr.splitlines() if "Error" in ln or "error:" in ln]
+    assert res.returncode == 0, "\n".join(errors[-20:]) or res.stderr[-3000:]
     return out
 
 

@@ -179,3 +179,31 @@ def test_shipped_accelerate_configs_fit_accelerates_schema(name):
         assert cfg.deepspeed_config.get("zero3_save_16bit_model") is True
     if "fsdp" in name:
         assert str(cfg.fsdp_config["fsdp_version"]) == "2"
+
+
+def test_fisao_ppo_without_dropout_keeps_train_mode_for_checkpointing(tiny_llava_dir):
+    """transformers checkpoints only in train mode: with gradient checkpointing FiSAO's PPO
+    forwards switch dropout off by probability (train mode kept), and give the same log-probs
+    as eval mode."""
+    from _tiny import solid_images
+
+    from visalign.methods.fisao.ppo import dropout_off
+    from visalign.models import load_vlm, sequence_logprobs
+    from visalign.models.lora import add_lora
+
+    vlm = load_vlm(tiny_llava_dir)
+    model = add_lora(vlm.model, r=4, alpha=8, dropout=0.3)
+    batch = vlm.encode(solid_images(2), [[{"from": "human", "value": "<image>\nWhat?"},
+                                          {"from": "gpt", "value": "A ball."}]] * 2)
+    with torch.no_grad(), dropout_off(model, True):
+        assert not model.training
+        ref = sequence_logprobs(model, batch)
+    model.eval()
+    with torch.no_grad(), dropout_off(model, True, keep_train_mode=True):
+        assert model.training
+        ps = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        assert ps == {0.0}
+        same = sequence_logprobs(model, batch)
+    assert not model.training
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
+    assert torch.equal(ref, same)

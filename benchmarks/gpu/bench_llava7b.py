@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(text)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / ("memory_plan.json" if args.plan else "bench_llava7b.json")) \
+        (Path(args.out) / ("gpu_memory_plan_computed.json" if args.plan
+                          else "bench_llava7b.json")) \
             .write_text(text + "\n")
     return res
 

@@ -139,8 +139,9 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
                 # not run in one process (the base recipe, the test suite).
                 with autocast():
                     loss, stats = loss_fn(model, batch)
-                if "attention_mask" in batch:
-                    speed.add(batch["attention_mask"].sum())
+                # packed batches (padding_free) carry no mask and no padding
+                speed.add(batch["attention_mask"].sum() if "attention_mask" in batch
+                          else batch["input_ids"].numel())
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm:
                     acc.clip_grad_norm_(params, cfg.max_grad_norm)

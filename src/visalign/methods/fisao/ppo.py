@@ -170,8 +170,32 @@ def anchor_kl(model: Any, batch: dict, ref_logprobs: Any, skip_ids: Any = None) 
 
 
 @contextlib.contextmanager
-def dropout_off(model: Any, on: bool):
-    """Eval mode (no dropout) while ``on``: PPO forwards with r_t = 1 exactly on the first epoch."""
+def dropout_off(model: Any, on: bool, keep_train_mode: bool = False):
+    """No dropout while ``on``: PPO forwards with r_t = 1 exactly on the first epoch.
+
+    By eval mode; or, with ``keep_train_mode`` (gradient checkpointing, which transformers
+    applies only in train mode), by setting every dropout probability to 0 for the duration.
+    """
+    if on and keep_train_mode:
+        import torch
+
+        saved = []
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                saved.append((m, "p", m.p))
+                m.p = 0.0
+            if isinstance(getattr(m, "attention_dropout", None), float):
+                saved.append((m, "attention_dropout", m.attention_dropout))
+                m.attention_dropout = 0.0
+        was = model.training
+        model.train(True)
+        try:
+            yield
+        finally:
+            model.train(was)
+            for m, name, v in saved:
+                setattr(m, name, v)
+        return
     was = model.training
     model.train(not on)
     try:

@@ -236,7 +236,8 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
                 return cfg.anchor_weight * anchor_kl(model, a_batch, a_ref, ws_ids)
         ep = {"loss": 0.0, "clipped": 0.0, "approx_kl": 0.0, "grad_norm": 0.0, "extra": 0.0}
         lr = sched.get_last_lr()[0]
-        with dropout_off(model, cfg.disable_dropout):
+        with dropout_off(model, cfg.disable_dropout,
+                         keep_train_mode=cfg.gradient_checkpointing or cfg.load_in_4bit):
             for _ in range(cfg.ppo_epochs):
                 st = ppo_epoch(model, batch, old, adv, mask, opt, clip_eps=cfg.clip_eps,
                                n_tokens_global=n_tok_global, world_size=world,
