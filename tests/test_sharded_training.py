@@ -106,8 +106,8 @@ def setup(tmp_path_factory, tiny_llava_dir, tiny_clip_dir):
     EntitySet({w: w for w in words}).save(root / "entities.json")
 
     def plain(cls, **kw):
-        cfg = cls(model=str(tiny_llava_dir), **kw)
-        for k, v in {**COMMON, "log_every": 1}.items():
+        cfg = cls(model=str(tiny_llava_dir))
+        for k, v in {**COMMON, "log_every": 1, **kw}.items():
             if k.startswith("lora."):
                 setattr(cfg.lora, k[5:], v)
             else:

@@ -156,6 +156,10 @@ def test_an_accelerate_config_that_does_not_fit_the_machine_is_refused(monkeypat
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     with pytest.raises(ConfigError, match="mixed_precision.*cpu_2proc_fsdp"):
         check_launch()
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("WORLD_SIZE", "2")                 # multi_gpu_ddp.yaml on a CPU
+    with pytest.raises(ConfigError, match="ddp is a GPU config"):
+        check_launch()
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     check_launch()
 

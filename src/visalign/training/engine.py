@@ -72,12 +72,13 @@ def check_launch() -> None:
             f"has {torch.cuda.device_count()} GPU(s): set num_processes: "
             f"{torch.cuda.device_count()} (or --num_processes) or use_cpu: true")
     mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if mp in ("bf16", "fp16") and not torch.cuda.is_available() and launched_engine() in (
-            "fsdp", "deepspeed"):
+    multi = launched_engine() != "single"
+    if mp in ("bf16", "fp16") and not torch.cuda.is_available() and multi:
         raise ConfigError(
-            f"accelerate config: mixed_precision: {mp} with {launched_engine()} needs a CUDA GPU "
-            "and this machine has none: set mixed_precision: 'no' (configs/accelerate/"
-            "cpu_2proc_fsdp.yaml and cpu_2proc_zero3.yaml are the CPU forms)")
+            f"accelerate config: mixed_precision: {mp} with {launched_engine()} is a GPU config "
+            "and this machine has no CUDA GPU: set mixed_precision: 'no' and use_cpu: true "
+            "(configs/accelerate/cpu_2proc.yaml, cpu_2proc_fsdp.yaml and cpu_2proc_zero3.yaml "
+            "are the CPU forms)")
     if mp == "bf16" and torch.cuda.is_available() and not cpu and \
             not torch.cuda.is_bf16_supported():
         raise ConfigError("accelerate config: mixed_precision: bf16 but this GPU has no bfloat16 "
