@@ -2,12 +2,12 @@
 
 `visalign world base` evaluates a base on 200 held-out descriptions and 100 POPE images per
 split, where one seed's CHAIR_s moves by several points. This script evaluates each model with
-the base's eval settings but more images (by default the whole val split: 500 descriptions,
-POPE on 200 images), then reports #4's targets per model (CHAIR_s, CHAIR_i, recall, POPE
+the base's eval settings but more images (by default the whole val split: 500 descriptions, POPE
+on 200 images), then reports the base's quality ranges per model (CHAIR_s, CHAIR_i, recall, POPE
 accuracy per split, verifier AUROC from the model's own ``eval.json``) and paired bootstrap
-intervals against the first model: ΔCHAIR over images and ΔPOPE F1 over POPE images. Use a
-world built with more val images (``n_val=2000``, another seed) for fresh-image checks.
-Resumable: ``OUT/<name>/eval.json`` is read when it exists.
+intervals against the first model: ΔCHAIR over images and ΔPOPE F1 over POPE images. Use a world
+built with more val images (``n_val=2000``, another seed) for fresh-image checks. Resumable:
+``OUT/<name>/eval.json`` is read when it exists.
 
     python benchmarks/bench_base_compare.py --world W --out runs/bases \
         --models packaged=src/visalign/resources/microworld_base new=runs/base_new

@@ -2,7 +2,7 @@
 
 Trains ``visalign world base`` once per (recipe, seed), several at a time, then prints one JSON
 object: every run's held-out metrics and stage times, and per recipe the mean, standard
-deviation, min and max of each metric plus how many runs meet the micro-world issue's targets.
+deviation, min and max of each metric plus how many runs meet the base's quality ranges.
 
     python benchmarks/bench_base_seeds.py --world W --out DIR --seeds 1 2 3 --jobs 3 \
         [--preset small|tiny] \
@@ -38,7 +38,7 @@ METRICS = ("chair_s", "chair_i", "recall", "pope_random_accuracy", "pope_popular
 
 
 def meets_targets(m: dict) -> dict:
-    """The micro-world issue's held-out targets (LLaVA-1.5-7B's range on COCO), one flag each."""
+    """The base's held-out quality ranges (LLaVA-1.5-7B's on COCO), one flag each."""
     pope = [m.get(f"pope_{s}_accuracy", float("nan")) for s in ("random", "popular",
                                                                  "adversarial")]
     return {

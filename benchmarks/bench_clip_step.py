@@ -2,8 +2,9 @@
 
 Trains a fresh tiny CLIP (the small preset's architecture and settings) for one epoch on
 ``--examples`` generated training examples and scales its mean step time to the recipe's
-steps (``clip.images // clip.batch_size`` per epoch × ``clip.epochs``, as ``train_clip`` counts). Used where the CLIP stage was
-not rerun (stop 28 copied the shipped verifier into both base runs).
+steps (``clip.images // clip.batch_size`` per epoch × ``clip.epochs``, as ``train_clip``
+counts). Useful where the CLIP stage was not rerun (a base run that copies the shipped
+verifier as its CLIP stage).
 
     python benchmarks/bench_clip_step.py --world W --tokenizer STAGES/tokenizer [--examples 2688]
 """

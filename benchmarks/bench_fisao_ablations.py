@@ -1,5 +1,5 @@
-"""FiSAO ablations on the micro-world (seed 004, Sec. 4.3): margin λ sweep and sentence-level
-reward, plus a learning-rate sensitivity run (how far PPO moves the policy); prints one JSON
+"""FiSAO ablations on the micro-world: margin λ sweep and sentence-level reward (the paper's
+Sec. 4.3), plus a learning-rate sensitivity run (how far PPO moves the policy); prints one JSON
 object with a markdown table.
 
 Starts from a finished demo/compare dir (its world, base model and verifier calibration), trains

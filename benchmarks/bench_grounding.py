@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> dict:
     from visalign.data.coco import load_coco_instances
     from visalign.eval.grounding import image_dependence, pooled_vision_features, \
         vision_probe_auroc
+    from visalign.eval.pope import build_pope
+    from visalign.eval.suite import EvalSettings, pope_questions_path
+    from visalign.io import read_jsonl, write_jsonl
     from visalign.models import load_vlm
     from visalign.world import build_world, load_world, world_config
     from PIL import Image
@@ -43,15 +46,25 @@ def main(argv: list[str] | None = None) -> dict:
     if not (world_dir / "world.json").exists():
         build_world(world_config("small", seed=0), world_dir, overwrite=True, preset="small")
     world = load_world(world_dir)
-    model_dir = Path(args.model) if args.model else install_packaged_base(world_dir, out / "base")
+    model_dir = Path(args.model) if args.model else out / "base"
+    if not args.model and not (model_dir / "config.json").exists():   # a re-run reuses it
+        install_packaged_base(world_dir, model_dir)
     vlm = load_vlm(str(model_dir))
     vlm.model.eval()
 
     report: dict = {"model": str(model_dir), "world": str(world_dir), "pope": {}}
     t = time.time()
-    for split in ("random", "popular", "adversarial"):
-        path = next(Path(world_dir, "pope").glob(f"*_{split}_*.jsonl"))
-        recs = [json.loads(line) for line in path.read_text().splitlines()][:args.questions]
+    ev = EvalSettings()
+    for split in ev.pope_splits:
+        # the evaluation suite's cached questions (built here if no evaluation ran yet), so
+        # these are the questions every model of this world is scored on
+        path = pope_questions_path(world, world.eval_split, split, ev.pope_images,
+                                   ev.pope_negatives, ev.seed)
+        if not path.exists():
+            write_jsonl(path, build_pope(world.instances_path(world.eval_split), split,
+                                         ev.pope_images, ev.pope_negatives, ev.seed,
+                                         image_root=world.image_root))
+        recs = read_jsonl(path)[:args.questions]
         report["pope"][split] = image_dependence(vlm, recs, image_root=str(world.image_root))
     report["pope_seconds"] = round(time.time() - t, 2)
 

@@ -10,8 +10,9 @@ adversarial < popular <= random, and the verifier's AUROC >= 0.85 for "a photo o
 
 It also hashes the trained weights (``weights_sha256``). With the small preset, seed 0 and no
 overrides that is the packaged base's recipe, and ``matches_packaged`` says whether the
-retrained model and verifier are byte-identical to the shipped ones (#4: "reproducible
-bit-for-bit by the command"). Run it alone on the machine: the stage times are wall-clock.
+retrained model and verifier are byte-identical to the shipped ones (the base must be
+reproducible bit for bit by the command). Run it alone on the machine: the stage times are
+wall-clock.
 """
 
 from __future__ import annotations

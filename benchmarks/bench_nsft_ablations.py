@@ -33,22 +33,14 @@ SETTINGS = [
 
 
 def yes_no_probe(model_dir: str, pope_answers: Path, limit: int = 240) -> dict:
-    """Mean log-odds of "Yes" and its AUROC on the POPE questions of an answers file."""
-    import numpy as np
-    from PIL import Image
-
-    from visalign.eval.grounding import yes_no_scores
+    """Mean log-odds of "Yes" and its AUROC on the POPE questions of an answers file
+    (:func:`visalign.analysis.yes_no_discrimination.yes_no_discrimination`)."""
+    from visalign.analysis.yes_no_discrimination import yes_no_discrimination
+    from visalign.io import read_jsonl
     from visalign.models import load_vlm
-    from visalign.verifier.calibration import auroc
 
-    recs = [json.loads(ln) for ln in pope_answers.read_text().splitlines() if ln.strip()][:limit]
-    vlm = load_vlm(model_dir)
-    ims = [Image.open(r["image"]).convert("RGB") for r in recs]
-    s = np.array(yes_no_scores(vlm, ims, [r["question"] for r in recs]))
-    y = np.array([r["label"] == "yes" for r in recs])
-    return {"mean_log_odds_yes": round(float(s.mean()), 4),
-            "auroc": round(float(auroc(s[y].tolist(), s[~y].tolist())), 4),
-            "accuracy_at_0": round(float(((s > 0) == y).mean()), 4), "n": len(recs)}
+    rep = yes_no_discrimination(load_vlm(model_dir), read_jsonl(pope_answers)[:limit])
+    return {k: rep[k] for k in ("mean_log_odds_yes", "auroc", "accuracy_at_0", "n")}
 
 
 def main(argv: list[str] | None = None) -> dict:

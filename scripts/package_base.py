@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from pathlib import Path
 
 from visalign.methods.base_model.packaged import packaged_base_dir, world_fingerprint
 

@@ -289,3 +289,39 @@ def test_bench_nsft_ablations_only_settings(tiny_grid, tmp_path, load_benchmark)
         "s", {"keep_gt_long": True}, {"lora": {"r": 4}})
     with pytest.raises(SystemExit, match="sft.FIELD"):
         bench._parse_setting("bad:lr=1e-4")
+
+
+def test_parallel_cells_give_the_sequential_rows(tiny_world_dir, tiny_base_dir, tmp_path):
+    """workers=2 runs cells in two pinned single-threaded processes; every row equals the one the
+    sequential grid (workers=1, this process) writes."""
+    from visalign.compare import CompareConfig, run_compare
+    from visalign.config import load_config
+
+    rows = {}
+    for workers in (1, 2):
+        cfg = load_config(CompareConfig, ROOT / "configs" / "compare" / "tiny.yaml",
+                          {"out": str(tmp_path / f"w{workers}"), "world": str(tiny_world_dir),
+                           "base_model": str(tiny_base_dir), "data_sizes": [8],
+                           "methods": ["cont-sft", "gt-dpo"], "workers": workers,
+                           "progress": False})
+        res = run_compare(cfg)
+        assert res["failures"] == []
+        assert res["workers"]["workers"] == workers
+        rows[workers] = [(r["method"], r["data_size"], r["metrics"]) for r in res["rows"]]
+    assert rows[2] == rows[1]
+
+
+def test_worker_plan_fits_the_machine():
+    from visalign.compare.workers import cell_order, plan_workers
+
+    p = plan_workers(0, 7, n_gpus=0, cores=[0, 1])
+    assert (p.workers, p.threads, p.cores, p.gpus) == (2, 1, ((0,), (1,)), ())
+    assert plan_workers(0, 1, n_gpus=0, cores=[0, 1]).workers == 1      # one cell: one worker
+    p = plan_workers(4, 7, n_gpus=0, cores=list(range(8)))
+    assert p.threads == 2 and p.cores[3] == (6, 7)
+    g = plan_workers(0, 7, n_gpus=8, cores=list(range(16)))
+    assert (g.workers, g.gpus, g.threads) == (7, tuple(range(7)), 2)
+    with pytest.raises(ValueError):
+        plan_workers(-1, 3, n_gpus=0, cores=[0])
+    assert cell_order([("cont-sft", 8), ("fisao", 8), ("nsft", 16)]) == \
+        [("nsft", 16), ("fisao", 8), ("cont-sft", 8)]

@@ -92,11 +92,15 @@ def test_non_object_record_and_duplicate_id(tmp_path):
         load_llava_records(p)
     with pytest.raises(DataError, match=r"record 1: expected a JSON object"):
         validate_llava_record("text", "y.json", 1)
-    e = _expect(tmp_path / "dup.json", [_rec(0), _rec(1), _rec(1)], "id", "2 (id 'r1')")
+    # shared ids are kept as ID#k by default (LLaVA-Instruct's layout); shared_ids="error"
+    # rejects them
+    e = _expect(tmp_path / "dup.json", [_rec(0), _rec(1), _rec(1)], "id", "2 (id 'r1')",
+                shared_ids="error")
     assert "first used by record 1" in str(e)
     # 7 and "7" collide once written out as strings
     _expect(tmp_path / "dup2.json", [dict(_rec(0), id=7), dict(_rec(1), id="7")], "id",
-            "1 (id '7')")
+            "1 (id '7')", shared_ids="error")
+    assert [r["id"] for r in load_llava_records(tmp_path / "dup2.json")] == [7, "7#1"]
 
 
 def test_invalid_json_and_missing_file(tmp_path):

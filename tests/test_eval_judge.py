@@ -72,6 +72,10 @@ class FakeEndpoint:
 
     @staticmethod
     def reply(messages):
+        return FakeEndpoint._base_reply(messages)
+
+    @staticmethod
+    def _base_reply(messages):
         text = messages[-1]["content"]
         if "GOOD ANSWER" in text:
             return "Accurate and detailed.\nRating: 5"
@@ -158,12 +162,15 @@ def test_cache_makes_reruns_free(endpoint, client_factory, tmp_path):
     assert client.cache_key(MSG) != client.cache_key(MSG, temperature=0.7)
 
 
+# eval_gpt_mmhal.py: the one s in 0..6 with f"rating: {s}" in the lower-cased reply, else none
 @pytest.mark.parametrize("reply,expected", [
     ("The answer is fine.\nRating: 4", 4),
-    ("**Rating:** 6", 6),
     ("rating: 2, very informative, with hallucination", 2),
-    ("Rating: 4 ... so the final Rating: 4", 4),
-    ("Rating: 3 or maybe Rating: 5", None),
+    ("Rating: 4 ... so the final Rating: 4", 4),   # the same N twice is one rating
+    ("Rating: 4.5", 4),                            # substring match, as there
+    ("Rating: 10", 1),                             # "rating: 1" occurs in it
+    ("**Rating:** 6", None),                       # no "rating: 6" substring
+    ("Rating: 3 or maybe Rating: 5", None),        # two ratings
     ("Rating: 7", None),
     ("no rating here", None),
 ])
@@ -189,11 +196,12 @@ def test_mmhal_metrics_count_unparsed(endpoint, client_factory):
                {"question_id": 1, "answer": "BAD ANSWER"},
                {"question_id": 2, "answer": "unrateable"}]
     res = judge_records("mmhal", client_factory(), recs, answers)
-    # ratings 5 and 1 parsed, one reply unparsed and excluded: mean 3, one of two < 3
-    assert res["metrics"] == {"mmhal_score": 3.0, "mmhal_hallucination_rate": 0.5,
+    # ratings 5 and 1 parsed, the unparsed reply scores 0 as in the reference: mean 2, 2 of 3 < 3
+    assert res["metrics"] == {"mmhal_score": 2.0, "mmhal_hallucination_rate": 2 / 3,
                               "judge_unparsed": 1, "judge_n": 3}
-    assert res["mmhal_by_type"] == {"count": 3.0}
-    assert [i["rating"] for i in res["items"]] == [5, 1, None]
+    assert res["mmhal_by_type"] == {"count": 3.0, "attribute": 0.0}
+    assert [i["rating"] for i in res["items"]] == [5, 1, 0]
+    assert [i["parsed"] for i in res["items"]] == [True, True, False]
     prompt = endpoint.requests[0]["body"]["messages"][0]["content"]
     assert "### Image Contents\nDog, Grass" in prompt and "### Question\nWhat is shown?" in prompt
     assert "### Standard Human-Generated Answer\nA dog." in prompt
@@ -238,6 +246,7 @@ def test_cli_reads_env_and_never_writes_the_key(endpoint, tmp_path, monkeypatch)
     assert main(argv) == 0
     res = json.loads(out.read_text())
     assert res["metrics"]["mmhal_score"] == 3.0 and res["judge"]["model"] == "judge-env"
+    assert "judge model: judge-env" in (tmp_path / "judge.md").read_text()
     assert endpoint.requests[0]["auth"] == f"Bearer {SECRET}"
     assert endpoint.requests[0]["path"] == "/v1/chat/completions"
     for f in [out, tmp_path / "judge.md", *(tmp_path / "c").rglob("*.json")]:
@@ -273,3 +282,76 @@ def test_suite_judges_descriptions_against_reference_captions(endpoint, client_f
     assert res["metrics"]["indomain_accuracy"] == 8.0
     first = endpoint.requests[0]["body"]["messages"][1]["content"]
     assert "A dog on grass. A brown dog." in first and "SOLID ANSWER" in first
+
+
+def test_mmhal_prompt_is_the_reference_template_filled_positionally(endpoint, client_factory):
+    from visalign.eval.judge import MMHAL_TEMPLATE, mmhal_messages
+
+    assert MMHAL_TEMPLATE.startswith(
+        "Please act as an impartial and objective judge and evaluate the quality of the "
+        "response provided by a Large Multimodal Model (LMM) to the user question.")
+    assert "### Example 5:" in MMHAL_TEMPLATE and MMHAL_TEMPLATE.count("{}") == 4
+    assert "please be a bit more cautious during evalutation." in MMHAL_TEMPLATE  # sic
+    msgs = mmhal_messages("Q?", "GT.", ["Lynx", "Cat"], "ANSWER")
+    assert msgs == [{"role": "user", "content": MMHAL_TEMPLATE.format("Lynx, Cat", "Q?", "GT.",
+                                                                      "ANSWER")}]
+    assert msgs[0]["content"].endswith("### Image Contents\nLynx, Cat\n\n### Question\nQ?\n\n"
+                                       "### Standard Human-Generated Answer\nGT.\n\n"
+                                       "### LMM Response to Evaluate\nANSWER\n")
+
+
+def mmhal_template_records(n=96):
+    """MMHal-Bench's response_template.json layout (no ids), model_answer filled in."""
+    from visalign.eval.judge import MMHAL_TYPES
+
+    answers = ["GOOD ANSWER", "BAD ANSWER", "unrateable", "TWO RATINGS"]
+    return [{"question_type": MMHAL_TYPES[i % 8], "question_topic": "outdoor",
+             "image_id": f"img{i}", "image_src": f"https://example.org/{i}.jpg",
+             "image_content": ["Dog"], "question": f"Question {i}?", "gt_answer": "A dog.",
+             "model_answer": answers[i % 4]} for i in range(n)]
+
+
+def test_cli_reads_the_template_file_as_it_ships(endpoint, tmp_path, monkeypatch, capsys):
+    from visalign.io import write_json
+
+    monkeypatch.setattr(FakeEndpoint, "reply", staticmethod(
+        lambda m: "Rating: 3 and Rating: 5" if "TWO RATINGS" in m[-1]["content"]
+        else FakeEndpoint._base_reply(m)))
+    recs = mmhal_template_records()
+    write_json(tmp_path / "response_template.json", recs)
+    out = tmp_path / "mmhal.json"
+    assert main(["eval", "judge", "--kind", "mmhal", "--records",
+                 str(tmp_path / "response_template.json"), "--base-url", endpoint.url,
+                 "--model", "judge-x", "--cache-dir", str(tmp_path / "c"), "--out", str(out),
+                 "backoff=0.01"]) == 0
+    res = json.loads(out.read_text())
+    # answers cycle GOOD (5), BAD (1), unrateable (0), two ratings (0): mean 1.5, 3 of 4 < 3
+    assert res["metrics"]["mmhal_score"] == 1.5
+    assert res["metrics"]["mmhal_hallucination_rate"] == 0.75
+    assert res["metrics"]["judge_unparsed"] == 48 and res["metrics"]["judge_n"] == 96
+    # type i % 8 always gets answer i % 4: GOOD, BAD, unrateable, two ratings, GOOD, ...
+    assert res["mmhal_by_type"] == {"attribute": 5.0, "adversarial": 1.0, "comparison": 0.0,
+                                    "counting": 0.0, "relation": 5.0, "environment": 1.0,
+                                    "holistic": 0.0, "other": 0.0}
+    assert res["items"][0]["index"] == 0 and "notes" not in res
+    printed = capsys.readouterr().out
+    assert "judge model: judge-x" in printed and "scored 0" in printed
+
+
+def test_types_follow_the_reference_order_without_a_type_field(endpoint, client_factory):
+    recs = mmhal_template_records()
+    for r in recs:
+        del r["question_type"]
+    res = judge_records("mmhal", client_factory(workers=4), recs)
+    assert list(res["mmhal_by_type"]) == ["attribute", "adversarial", "comparison", "counting",
+                                          "relation", "environment", "holistic", "other"]
+    short = judge_records("mmhal", client_factory(), mmhal_template_records(8))
+    assert short["notes"] == ["8 questions judged; MMHal-Bench has 96"]
+
+
+def test_an_unfilled_template_is_an_error(client_factory):
+    recs = mmhal_template_records(8)
+    for r in recs:
+        r["model_answer"] = ""
+    with pytest.raises(DataError, match="every answer is empty"):
+        judge_records("mmhal", client_factory(), recs)

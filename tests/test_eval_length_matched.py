@@ -1,5 +1,5 @@
 """visalign.eval.length_matched: the base's descriptions cut to a method's length, image by
-image, on hand-made captions whose CHAIR is known (and benchmarks/diag_length_matched.py over
+image, on hand-made captions whose CHAIR is known (and benchmarks/research/diag_length_matched.py over
 it)."""
 
 from __future__ import annotations

@@ -104,8 +104,8 @@ def test_build_with_llm_judge_over_local_endpoint(files, monkeypatch):
 def test_library_model_answers_then_build_matches_cli(files, tiny_llava_dir):
     from PIL import Image
 
-    from visalign.methods.nsft_data import (AnnotationJudge, GroundTruth, NsftDataConfig,
-                                            build_nsft_data, model_answers)
+    from visalign.methods.nsft import (AnnotationJudge, GroundTruth, NsftDataConfig,
+                                       build_nsft_data, model_answers)
 
     for i, rgb in ((1, (200, 40, 40)), (2, (240, 240, 240))):
         Image.new("RGB", (32, 32), rgb).save(files / f"img{i}.png")
@@ -191,7 +191,7 @@ def test_end_to_end_build_then_train(world, tiny_llava_dir, tmp_path):
 
 
 def test_world_theme_words_come_from_world_json(world):
-    from visalign.methods.nsft_data import GroundTruth
+    from visalign.methods.nsft import GroundTruth
 
     gt = GroundTruth.from_files(world.instances_path(world.train_split),
                                 synonyms=world.synonyms_path)

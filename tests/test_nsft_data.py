@@ -12,13 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from visalign.eval.judge import JudgeConfig
-from visalign.methods.codebook import (CATEGORY_KEYS, NSFT_PROMPT, UNSPECIFIED, match_category,
-                                       nsft_messages)
-from visalign.methods.nsft_data import (QA, SHORT_ANSWER_CATEGORIES, AnnotationJudge,
-                                        GroundTruth, LLMJudge, LLMParseError, NsftDataConfig,
-                                        balance_yes_no, build_nsft_data, clip_words,
-                                        doubled_pairs, is_short, limit_is_are, parse_llm_reply,
-                                        report_markdown, short_answer_correct)
+from visalign.methods.nsft import (CATEGORY_KEYS, NSFT_PROMPT, QA, SHORT_ANSWER_CATEGORIES,
+                                   UNSPECIFIED, AnnotationJudge, GroundTruth, LLMJudge,
+                                   LLMParseError, NsftDataConfig, add_yes_pairs, balance_yes_no,
+                                   build_nsft_data, clip_words, doubled_pairs, is_short,
+                                   limit_is_are, match_category, nsft_messages, parse_llm_reply,
+                                   report_markdown, short_answer_correct)
+from visalign.methods.nsft.dialogue import Scene
 
 # ---------------------------------------------------------------------------------------------
 # Hand-made ground truth: image 1 is a kitchen (a red cup on the left, two brown dogs on the
@@ -380,6 +380,24 @@ def test_build_yes_share_above_target_is_left_alone(gt):
     assert rep3["yes_no"]["erased_no_pairs"] == 1
     assert rep3["yes_no"]["already_above_target"] is False
     assert "already at or above" not in report_markdown(rep3)
+
+
+def test_add_yes_pairs_appends_yes_about_unasked_gt_objects(gt):
+    """A lone "No" pair cannot be erased; "Yes" pairs about GT objects not asked about yet
+    are appended until the share reaches the target, and stop when no object is left."""
+    def conv():
+        return [QA("Is there a cat in the image?", "No, there is no cat.", "exists_no", "cat")]
+
+    scene = Scene(gt, 1)            # two dogs, a chair, a cup (most frequent first)
+    convs = [(conv(), scene)]
+    assert add_yes_pairs(convs, 0.5, random.Random(0)) == 1
+    assert [(q.question, q.answer) for q in convs[0][0][1:]] == [
+        ("Are there any dogs in the image?", "Yes, there are two dogs.")]
+    convs = [(conv(), scene)]
+    assert add_yes_pairs(convs, 0.9, random.Random(0)) == 3      # 9 needed, 3 objects
+    assert [q.object for q in convs[0][0][1:]] == ["dog", "chair", "cup"]
+    assert all(q.answer.startswith("Yes") for q in convs[0][0][1:])
+    assert add_yes_pairs([(conv(), scene)], 0.0, random.Random(0)) == 0     # disabled
 
 
 def test_short_action_answer_is_reported_as_checked_for_short_answers(gt):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from visalign.io import DataError
 from visalign.methods import pairs as P
-from visalign.methods.image_noise import CLIP_MEAN, CLIP_STD, alpha_bar, diffusion_noise
+from visalign.methods.pairs.seva import CLIP_MEAN, CLIP_STD, alpha_bar, diffusion_noise
 
 
 def rec(rid, answer, question="<image>\nDescribe the image.", image=None, image_id=None):
@@ -281,7 +281,7 @@ INSTANCES = {
 
 @pytest.fixture(scope="module")
 def gt():
-    from visalign.methods.nsft_data import GroundTruth
+    from visalign.methods.nsft import GroundTruth
 
     return GroundTruth(INSTANCES)
 
@@ -345,7 +345,7 @@ def test_povid_rule_edits_always_change_exactly_their_span(gt):
     r = rec("x", text, image="images/000001.png")
     kinds = set()
     for seed in range(30):
-        e = P._rule_edit(r, text, gt, gt.colors, ("object", "attribute", "relation"),
+        e = P.rule_edit(r, text, gt, gt.colors, ("object", "attribute", "relation"),
                          random.Random(seed))
         kinds.add(e.kind)
         out = e.apply(text)
@@ -575,7 +575,7 @@ def test_cli_pairs_povid(tiny_data, tiny_llava_dir, tmp_path):
                                               ("seva", {"noise_step": 800, "noise_resize": 32})])
 def test_library_build_method_pairs_matches_cli(tiny_data, tiny_llava_dir, tmp_path, method,
                                                 overrides):
-    from visalign.methods.pair_sources import PairModel, build_method_pairs
+    from visalign.methods.pairs import PairModel, build_method_pairs
 
     cli_out = tmp_path / "cli" / "pairs.jsonl"
     cli_pairs, cli_stats = _run_pairs(method, tiny_data, tiny_llava_dir, cli_out,
@@ -598,7 +598,7 @@ def test_library_build_method_pairs_matches_cli(tiny_data, tiny_llava_dir, tmp_p
 
 def test_library_build_method_pairs_inputs(tiny_data):
     from visalign.config import ConfigError
-    from visalign.methods.pair_sources import build_method_pairs
+    from visalign.methods.pairs import build_method_pairs
 
     records = json.loads((tiny_data / "data.json").read_text())
     pairs, stats = build_method_pairs("gt-dpo", records, answers={"r1": "A dog."})

@@ -1,4 +1,4 @@
-"""benchmarks/plot_method_scaling.py: cells are grouped by method, size and seed; the figure is
+"""benchmarks/research/plot_method_scaling.py: cells are grouped by method, size and seed; the figure is
 written from a results JSON of that shape."""
 
 from __future__ import annotations

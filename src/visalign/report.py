@@ -60,6 +60,13 @@ COLUMNS: list[tuple[str, str, str, bool, float]] = [
     ("Align. tax", "qa_color_accuracy", "Color", True, 100),
     ("Align. tax", "qa_position_accuracy", "Pos.", True, 100),
     ("Align. tax", "qa_vqa_accuracy", "VQA", True, 100),
+    # real models: lmms-eval's benchmarks (visalign.eval.lmms), the paper's Table 9 columns
+    ("Align. tax", "lmms_sqa_img", "SQA", True, 100),
+    ("Align. tax", "lmms_gqa", "GQA", True, 100),
+    ("Align. tax", "lmms_textvqa", "VQA^T", True, 100),
+    ("Comprehension", "lmms_mmvet", "MMVet", True, 100),
+    ("Comprehension", "lmms_mme_perception", "MME", True, 1),
+    ("Comprehension", "lmms_mmbench", "MMB", True, 100),
     ("Comprehension", "bleu_4", "BLEU-4", True, 100),
     ("Comprehension", "rouge_l", "ROUGE-L", True, 100),
     ("Comprehension", "cider", "CIDEr", True, 100),
@@ -71,11 +78,16 @@ COLUMNS: list[tuple[str, str, str, bool, float]] = [
     ("Hallucinations", "chair_i", "CHAIR_i", False, 100),
     ("Hallucinations", "chair", "CHAIR", False, 100),
     ("Hallucinations", "mmhal_score", "MMHal", True, 1),
+    ("Hallucinations", "amber_score", "AMBER", True, 100),
+    # Object HalBench (visalign eval suite): response- and object-level hallucination rates
+    ("Hallucinations", "objhal_response_hall", "ObjHal-R", False, 100),
+    ("Hallucinations", "objhal_object_hall", "ObjHal-O", False, 100),
     ("In-domain judge", "indomain_instruction", "Instr.", True, 1),
     ("In-domain judge", "indomain_accuracy", "Acc.", True, 1),
 ]
-# CHAIR enters its group's total once, as the averaged CHAIR (not s and i again).
-TOTAL_EXCLUDE = {"chair_s", "chair_i"}
+# CHAIR enters its group's total once, as the averaged CHAIR (not s and i again); MME's score
+# (0-2000) is left out of the total as the paper's Table 9 does.
+TOTAL_EXCLUDE = {"chair_s", "chair_i", "lmms_mme_perception"}
 
 
 def _present(rows: list[dict]) -> list[tuple[str, str, str, bool, float]]:
@@ -119,8 +131,8 @@ def results_markdown(rows: list[dict], title: str = "Results") -> str:
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(c) + " |" for c in body]
-    lines += ["", "Numbers are percentages (MMHal on its 0-6 scale, the in-domain judge on "
-              "0-10). `(+x)`: sum of changes "
+    lines += ["", "Numbers are percentages (MMHal on its 0-6 scale, MME on its 0-2000 scale, "
+              "the in-domain judge on 0-10). `(+x)`: sum of changes "
               "against the base row in points, sign flipped for CHAIR (lower is better), so "
               "positive = better."]
     return "\n".join(lines) + "\n"

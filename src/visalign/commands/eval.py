@@ -1,6 +1,8 @@
-"""visalign eval chair|pope|captions|judge: score generated answers, write JSON + markdown.
+"""visalign eval chair|pope|captions|judge|amber|lmms: score generated answers, write JSON +
+markdown; visalign eval suite: generate and score the real benchmarks
+(visalign.commands._eval_suite).
 
-Each writes --out result.json (the shared result format) and result.md next to it.
+Each scorer writes --out result.json (the shared result format) and result.md next to it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from visalign.commands._common import add_config_args
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` command group."""
     p = subparsers.add_parser("eval", help="hallucination benchmarks: chair, pope, captions, "
-                                           "judge", description=__doc__)
+                                           "judge, amber, lmms, suite", description=__doc__)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
     sub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
 
@@ -61,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "visalign.eval.judge.")
     j.add_argument("--kind", required=True, choices=["mmhal", "indomain"])
     j.add_argument("--records", required=True,
-                   help="mmhal: id, question, gt_answer, image_content; "
+                   help="mmhal: MMHal-Bench's response_template.json with model_answer "
+                        "filled in (or records with id, question, gt_answer, image_content); "
                         "indomain: id, question, caption")
     j.add_argument("--answers", default=None,
                    help="answers JSONL (id + answer); default: answers inside --records")
@@ -75,6 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     j.add_argument("--out", required=True, help="result JSON path")
     add_config_args(j)
     j.set_defaults(func=_judge)
+
+    from visalign.commands import _eval_amber, _eval_suite
+
+    _eval_amber.register(sub)  # amber, lmms
+    _eval_suite.add_parser(sub)
 
 
 def _print(result: dict, title: str, paths: tuple) -> None:
@@ -159,11 +167,14 @@ def _judge(args: argparse.Namespace) -> int:
         print(f"visalign eval judge: error: {e}", file=sys.stderr)
         return 2
     result["inputs"] = {"records": args.records, "answers": args.answers}
-    notes = []
+    notes = [f"judge model: {result['judge']['model']}"] + list(result.get("notes", []))
     if result["metrics"]["judge_unparsed"]:
         notes.append(f"{result['metrics']['judge_unparsed']} judge replies could not be parsed"
-                     " and are excluded from the means")
+                     + (" and are scored 0, as MMHal-Bench's reference does"
+                        if args.kind == "mmhal" else " and are excluded from the means"))
     title = "MMHal-Bench judge" if args.kind == "mmhal" else "nSFT in-domain judge"
     paths = write_result(args.out, result, title, notes)
     _print(result, title, paths)
+    for n in notes:
+        print(f"- {n}")
     return 0

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "build", help="judge a model's answers and write corrective conversations",
         description=__doc__ + "\nConfig keys (key=value): see NsftDataConfig in "
-                              "visalign.methods.nsft_data (e.g. yes_ratio_target=0.5, "
+                              "visalign.methods.nsft (e.g. yes_ratio_target=0.5, "
                               "a minimum Yes share; keep_gt_long=true llm.model=gpt-4o).")
     b.add_argument("--data", required=True, help="alignment data: LLaVA records (JSON/JSONL)")
     b.add_argument("--image-root", default=None,
@@ -47,53 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from visalign.config import ConfigError, load_config, save_run_config
-    from visalign.io import atomic_write_text, read_jsonl, read_records, write_json
-    from visalign.methods.nsft_data import (AnnotationJudge, GroundTruth, LLMJudge,
-                                            NsftDataConfig, build_nsft_data, model_answers,
-                                            report_markdown)
+    from visalign.config import load_config
+    from visalign.methods.nsft import NsftDataConfig, write_nsft_data
 
     cfg = load_config(NsftDataConfig, args.config, args.overrides)
     if args.judge:
         cfg.judge = args.judge
-    if cfg.judge not in ("annotation", "llm"):
-        raise ConfigError(f"judge must be 'annotation' or 'llm', got {cfg.judge!r}")
-    if cfg.judge == "annotation" and not args.instances:
-        raise ConfigError("--judge annotation needs --instances (COCO instances JSON)")
-    from visalign.eval.judge import JudgeError
-    try:  # judge settings are checked before any (long) generation
-        judge = AnnotationJudge(cfg) if cfg.judge == "annotation" else LLMJudge(cfg=cfg)
-    except JudgeError as e:
-        raise ConfigError(f"LLM judge: {e}") from None
-    records = read_records(args.data)
-    image_root = args.image_root or str(Path(args.data).parent)
-    gt = (GroundTruth.from_files(args.instances, args.coco_captions, args.synonyms)
-          if args.instances else None)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    if args.model:
-        answers_path = out / "answers.jsonl"
-        answers = model_answers(args.model, records, answers_path, cfg, image_root=image_root)
-    else:
-        answers_path = Path(args.answers)
-        answers = read_jsonl(answers_path, tolerate_partial_last_line=True)
-
-    try:
-        data, report = build_nsft_data(records, answers, gt, cfg, judge)
-    except JudgeError as e:
-        # Settings or endpoint failures: one line (replies so far are cached; a re-run resumes).
-        raise ConfigError(f"LLM judge: {e}") from None
-    report["inputs"] = {"data": str(args.data), "image_root": image_root,
-                        "answers": str(answers_path), "model": args.model,
-                        "instances": args.instances, "coco_captions": args.coco_captions,
-                        "synonyms": args.synonyms}
-    if hasattr(judge, "client") and hasattr(judge.client, "stats"):
-        report["judge_client"] = dict(judge.client.stats)
-    write_json(out / "nsft.json", data)
-    write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", report_markdown(report))
-    save_run_config(cfg, out)
+    image_root = args.image_root or str(Path(args.data).parent)
+    report = write_nsft_data(cfg, args.data, out, image_root=image_root, model=args.model,
+                             answers=args.answers, instances=args.instances,
+                             captions=args.coco_captions, synonyms=args.synonyms)
     yn = report["yes_no"]["after"]["yes_ratio"]
     # Say when the share was left above the target, so 0.79 vs 0.5 reads as intended.
     above = " (already at or above the minimum, left as is)" if \

@@ -1,6 +1,6 @@
 """``visalign pairs gt-dpo|seva|sima|povid``: build a DPO preference-pair file.
 
-The pair file format is documented in :mod:`visalign.methods.pairs`; train it with
+The pair file format is documented in :mod:`visalign.methods.pairs.common`; train it with
 ``visalign train dpo``. Each command writes ``--out`` (``.jsonl`` -> JSONL, else a JSON list),
 ``<out>.stats.json`` (what was built and skipped) and ``<out>.config.yaml``. With ``--model``
 the responses are generated here (resumable, in ``<out stem>_work/``); noised images for SeVa
@@ -13,8 +13,6 @@ to ``--image-root``, default the data file's directory): pass the same ``--image
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from visalign.commands._common import add_config_args
 
@@ -62,45 +60,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Handler (the work is visalign.methods.pair_sources.build_method_pairs)
+# Handler (the work is visalign.methods.pairs.build_method_pairs)
 # ---------------------------------------------------------------------------------------------
 
 def _run(args: argparse.Namespace) -> int:
-    from visalign.config import load_config, save_run_config
-    from visalign.io import read_records, write_json
-    from visalign.methods import pairs as P
-    from visalign.methods.pair_sources import build_method_pairs, check_inputs
+    from visalign.config import load_config
+    from visalign.methods.pairs import PairsConfig, write_method_pairs
 
-    cfg = load_config(P.PairsConfig, args.config, args.overrides)
+    cfg = load_config(PairsConfig, args.config, args.overrides)
     method = args.method
-    out = Path(args.out)
-    records = read_records(args.data)
-    image_root = args.image_root or str(Path(args.data).parent)
-    gt = None
-    if method == "povid":
-        from visalign.methods.nsft_data import GroundTruth
-
-        gt = (GroundTruth.from_files(args.instances, args.coco_captions, args.synonyms)
-              if args.instances else None)
-        if gt is None and 1 in cfg.povid_stages and cfg.povid_editor == "rules" and \
-                "object" in cfg.povid_edits:
-            print("pairs povid: object edits need --instances (COCO annotations); only "
-                  "attribute and relation edits are made", file=sys.stderr)
-    answers = getattr(args, "answers", None)
-    noisy_answers = getattr(args, "noisy_answers", None)
-    check_inputs(method, cfg, model=args.model, answers=answers, noisy_answers=noisy_answers,
-                 cli=True)
-
-    pairs, stats = build_method_pairs(
-        method, records, cfg=cfg, model=args.model, work_dir=out.parent / f"{out.stem}_work",
-        image_root=image_root, answers=answers, noisy_answers=noisy_answers,
-        samples=getattr(args, "samples", None), gt=gt)
-
-    if not pairs:
-        raise ValueError(f"pairs {method}: no pairs could be built ({stats})")
-    P.write_pairs(out, pairs)
-    stats["inputs"] = {"data": str(args.data), "model": args.model}
-    write_json(out.parent / f"{out.name}.stats.json", stats)
-    save_run_config(cfg, out.parent, name=f"{out.name}.config.yaml")
-    print(f"pairs {method}: {len(pairs)} pairs from {len(records)} records -> {out}")
+    stats = write_method_pairs(
+        method, cfg, args.data, args.out, image_root=args.image_root, model=args.model,
+        answers=getattr(args, "answers", None), noisy_answers=getattr(args, "noisy_answers", None),
+        samples=getattr(args, "samples", None), instances=getattr(args, "instances", None),
+        captions=getattr(args, "coco_captions", None), synonyms=getattr(args, "synonyms", None),
+        cli=True)
+    print(f"pairs {method}: {stats['n_pairs']} pairs from {stats['n_records']} records -> "
+          f"{args.out}")
     return 0

@@ -66,7 +66,10 @@ def reward_shift(source: Any, verifier: Path, before_dir: Path, after_dir: Path,
     (None when an answer file is missing or a model names no object)."""
     from visalign.methods.fisao.calibrate import reward_shift as shift
 
-    fb, fa = before_dir / "answers_detail.jsonl", after_dir / "answers_detail.jsonl"
+    # the micro-world suite's descriptions, or `visalign eval suite`'s CHAIR answers
+    name = next((n for n in ("answers_detail.jsonl", "answers_chair.jsonl")
+                 if (before_dir / n).exists()), "answers_detail.jsonl")
+    fb, fa = before_dir / name, after_dir / name
     if not (fa.exists() and fb.exists()):
         return None
     try:

@@ -12,18 +12,24 @@ from visalign.io import atomic_write_text, read_json, write_json
 
 
 class StageTimer:
-    """Wall time per stage, kept in ``OUT/timings.json`` across resumed runs."""
+    """Wall time per stage, kept in ``path`` (a ``timings.json``) across resumed runs.
 
-    def __init__(self, out: Path, progress: bool):
-        self.path = out / "timings.json"
+    ``on_stage(name)`` is told when a stage starts (a worker reports to the parent's view)."""
+
+    def __init__(self, path: Path, progress: bool,
+                 on_stage: Callable[[str], None] | None = None):
+        self.path = path
         self.times: dict[str, float] = read_json(self.path) if self.path.exists() else {}
         self.progress = progress
+        self.on_stage = on_stage
 
     def run(self, name: str, fn: Callable[[], Any], done: bool = False) -> Any:
         """Run ``fn`` as stage ``name`` (skipped when ``done``) and record its time."""
         if done:
             self.say(f"[compare] {name}: done earlier, skipped")
             return None
+        if self.on_stage is not None:
+            self.on_stage(name)
         self.say(f"[compare] {name} ...")
         t = time.time()
         res = fn()

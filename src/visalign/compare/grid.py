@@ -14,25 +14,32 @@ and Fig. 4 reward shift) and ``report.md`` embedding them.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from visalign.compare.analysis import grid_analysis
 from visalign.compare.cells import StageTimer, run_cell
 from visalign.compare.config import (PACKAGED, CompareConfig, check_alignment_sizes,
-                                     check_config, grid_dirs)
+                                     check_config, grid_dirs, is_real, open_source,
+                                     skipped_cells, suite_data, verifier_dir)
 from visalign.compare.methods import (alignment_image_ids, calibrate, copy_calibration,
                                       train_method)
 from visalign.config import config_to_dict, save_run_config
 from visalign.io import atomic_write_text, write_json
 
 
-def prepare_world(cfg: CompareConfig, out: Path, st: StageTimer) -> Any:
-    """The grid's micro-world: the config's, or one built into ``out/world``."""
-    from visalign.world import build_world, load_world, world_config
+def prepare_source(cfg: CompareConfig, out: Path, st: StageTimer) -> Any:
+    """The grid's data source: a real one's files written once, or the micro-world (the
+    config's, or one built into ``out/world``)."""
+    from visalign.world import build_world, world_config
 
+    if is_real(cfg):
+        source = open_source(cfg, out)
+        st.run("source", source.prepare, done=(source.root / "source.json").exists())
+        return source
     world_dir, _ = grid_dirs(cfg, out)
     if not cfg.world:
         # fail before minutes of world building, not after them
@@ -41,7 +48,7 @@ def prepare_world(cfg: CompareConfig, out: Path, st: StageTimer) -> Any:
         st.run("world", lambda: build_world(wcfg, world_dir, overwrite=True,
                                             preset=cfg.world_preset, progress=cfg.progress),
                done=(world_dir / "world.json").exists())
-    return load_world(world_dir)
+    return open_source(cfg, out)
 
 
 def prepare_base(cfg: CompareConfig, out: Path, source: Any, st: StageTimer) -> Path:
@@ -65,51 +72,136 @@ def prepare_base(cfg: CompareConfig, out: Path, source: Any, st: StageTimer) -> 
     return base
 
 
+@dataclasses.dataclass
+class Grid:
+    """An opened grid: its config, data source, base model and the alignment image order."""
+
+    cfg: CompareConfig
+    out: Path
+    source: Any
+    base: Path
+    order: list[int]
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted(set(self.cfg.data_sizes))
+
+    @property
+    def verifier(self) -> Path:
+        return verifier_dir(self.cfg, self.base)
+
+    @property
+    def calib_dir(self) -> Path:
+        return self.out / "fisao_calibration"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.out / "data"
+
+    def cells(self) -> list[tuple[str, int]]:
+        """Every (method, size) cell the grid runs, in the table's order (methods the data
+        cannot serve are left out: :func:`~visalign.compare.config.skipped_cells`)."""
+        skip = skipped_cells(self.cfg)
+        return [(m, s) for s in self.sizes for m in self.cfg.methods if m not in skip]
+
+
+def open_grid(cfg: CompareConfig, st: StageTimer | None = None) -> Grid:
+    """The grid of ``cfg``: with ``st``, its world and base model are built (or installed) first
+    when missing; without, they must exist (a worker process opening a prepared grid)."""
+    out = Path(cfg.out)
+    if st is not None:
+        source = prepare_source(cfg, out, st)
+        base = prepare_base(cfg, out, source, st)
+    else:
+        source = open_source(cfg, out)
+        base = grid_dirs(cfg, out)[1]
+    order = alignment_image_ids(source, cfg.seed)
+    try:
+        check_alignment_sizes(cfg, len(order))
+    except ValueError as e:
+        raise ValueError(f"{source.root}: {e}") from None
+    return Grid(cfg, out, source, base, order)
+
+
+def evaluator(grid: Grid) -> Callable[[str, Path], dict]:
+    """``evaluate(model_dir, out_dir) -> {"metrics": ...}``: the grid's one evaluation for every
+    model. The micro-world's suite (:func:`visalign.eval.suite.evaluate_model`); on real data
+    ``visalign eval suite``'s benchmarks with their papers' protocols."""
+    cfg = grid.cfg
+    if is_real(cfg):
+        from visalign.eval.protocol_suite import SuiteSettings, run_suite
+
+        data = suite_data(cfg, grid.out)
+        lengths = {"chair": cfg.eval.max_new_tokens} if "chair" in cfg.benchmarks else {}
+
+        def evaluate_real(model_dir: str, eval_dir: Path) -> dict:
+            settings = SuiteSettings(batch_size=cfg.eval.batch_size, max_new_tokens=lengths,
+                                     method=eval_dir.parent.name, progress=cfg.progress)
+            res = run_suite(model_dir, data, cfg.benchmarks, eval_dir, settings)
+            return {"metrics": res["rows"][0]["metrics"], "timings": res["timings"]}
+        return evaluate_real
+
+    from visalign.eval.suite import evaluate_model
+
+    def evaluate(model_dir: str, eval_dir: Path) -> dict:
+        return evaluate_model(model_dir, grid.source, eval_dir, cfg.eval)
+    return evaluate
+
+
+def cell_runner(grid: Grid, st: StageTimer) -> Callable[[str, int], dict]:
+    """``run(method, size) -> row``: train and evaluate one cell (resumable)."""
+    evaluate = evaluator(grid)
+
+    def run(method: str, size: int) -> dict:
+        ids = grid.order[:size]
+
+        def train(d: Path) -> str:
+            return train_method(method, grid.source, grid.base, ids, d, grid.data_dir,
+                                grid.calib_dir, grid.cfg, verifier=grid.verifier)
+        return run_cell(st, grid.out / "cells" / f"{method}-{size}", method, size, train,
+                        evaluate)
+    return run
+
+
 def run_compare(cfg: CompareConfig) -> dict:
     """Run (or resume) the grid; returns the ``results.json`` content."""
-    from visalign.eval.suite import evaluate_model
+    from visalign.compare.workers import plan_workers, run_cells_parallel
     from visalign.report import degeneration_notes, plot_methods, report_markdown, write_results
 
     check_config(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(cfg, out)
-    st = StageTimer(out, cfg.progress)
+    st = StageTimer(out / "timings.json", cfg.progress)
     t_all = time.time()
 
-    source = prepare_world(cfg, out, st)
-    base = prepare_base(cfg, out, source, st)
-
-    def evaluate(model_dir: str, eval_dir: Path) -> dict:
-        return evaluate_model(model_dir, source, eval_dir, cfg.eval)
-
-    cells = out / "cells"
-    rows: list[dict] = [run_cell(st, cells / "base", "base", 0, lambda d: str(base), evaluate)]
-
-    order = alignment_image_ids(source, cfg.seed)
-    sizes = sorted(set(cfg.data_sizes))
-    try:
-        check_alignment_sizes(cfg, len(order))
-    except ValueError as e:
-        raise ValueError(f"{source.root}: {e}") from None
-    data = out / "data"
-    data.mkdir(exist_ok=True)
+    grid = open_grid(cfg, st)
+    source = grid.source
+    rows: list[dict] = [run_cell(st, out / "cells" / "base", "base", 0,
+                                 lambda d: str(grid.base), evaluator(grid))]
+    grid.data_dir.mkdir(exist_ok=True)
 
     # FiSAO's verifier calibration, once: it depends on the base model only
-    calib_dir = out / "fisao_calibration"
-    calib_ids = order[len(order) - cfg.calibration_images:]
+    calib_ids = grid.order[len(grid.order) - cfg.calibration_images:]
     if "fisao" in cfg.methods and cfg.fisao_calibration:
-        copy_calibration(cfg.fisao_calibration, calib_dir)
-    elif "fisao" in cfg.methods:
-        st.run("fisao-calibrate", lambda: calibrate(source, base, calib_ids, calib_dir, cfg),
-               done=(calib_dir / "calibration.json").exists())
+        copy_calibration(cfg.fisao_calibration, grid.calib_dir)
+    elif "fisao" in [m for m, _ in grid.cells()]:
+        st.run("fisao-calibrate",
+               lambda: calibrate(source, grid.base, calib_ids, grid.calib_dir, cfg,
+                                 verifier=grid.verifier),
+               done=(grid.calib_dir / "calibration.json").exists())
 
-    for size in sizes:
-        ids = order[:size]
-        for method in cfg.methods:
-            def train(d: Path, method=method, ids=ids) -> str:
-                return train_method(method, source, base, ids, d, data, calib_dir, cfg)
-            rows.append(run_cell(st, cells / f"{method}-{size}", method, size, train, evaluate))
+    cells = grid.cells()
+    todo = [c for c in cells
+            if not (out / "cells" / f"{c[0]}-{c[1]}" / "row.json").exists()]
+    placement = plan_workers(cfg.workers, len(todo))
+    by_cell: dict[tuple[str, int], dict] = {}
+    if placement.workers > 1:
+        by_cell, times = run_cells_parallel(cfg, todo, placement, cfg.progress)
+        st.times.update(times)
+        write_json(st.path, st.times)
+    run = cell_runner(grid, st)
+    rows += [by_cell[c] if c in by_cell else run(*c) for c in cells]
 
     # table, figures, report (failed cells are listed, not tabled; a re-run retries them)
     failures = [r for r in rows if "error" in r]
@@ -118,15 +210,19 @@ def run_compare(cfg: CompareConfig) -> dict:
     figures: dict[str, str] = {}
     plot_methods(rows, out / "figures" / "methods.png")
     figures["Hallucination metrics per method"] = "figures/methods.png"
-    analysis = grid_analysis(out, rows, source, cfg.eval.split, base / "verifier", calib_dir,
-                             sizes, "fisao" in cfg.methods, figures)
+    analysis = grid_analysis(out, rows, source, cfg.eval.split, grid.verifier,
+                             grid.calib_dir, grid.sizes, "fisao" in cfg.methods, figures)
     timings = dict(st.times)
     timings["total_this_run"] = round(time.time() - t_all, 2)
+    skipped = [{"method": m, "data_size": size, "reason": why}
+               for size in grid.sizes for m, why in skipped_cells(cfg).items()]
     results = {"rows": rows, "config": config_to_dict(cfg), "timings": timings,
-               "analysis": analysis, "failures": failures}
+               "analysis": analysis, "failures": failures, "skipped": skipped,
+               "workers": dataclasses.asdict(placement)}
     write_json(out / "results.json", results)
     write_results(rows, out, title="visalign comparison")
     notes = [f"FAILED {f['method']}-{f['data_size']}: {f['error']}" for f in failures]
+    notes += [f"SKIPPED {k['method']}-{k['data_size']}: {k['reason']}" for k in skipped]
     warnings = degeneration_notes(rows)
     for n in warnings:
         print(n, file=sys.stderr)

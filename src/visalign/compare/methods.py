@@ -47,15 +47,37 @@ def write_alignment_data(source: Any, image_ids: list[int], tasks: tuple[str, ..
     return path
 
 
+def recipe_path(method: str, cfg: CompareConfig) -> Path:
+    """The method's base trainer config: ``cfg.recipes/<method>.yaml``, else its packaged
+    preset."""
+    from visalign.methods.presets import preset_path
+
+    if not cfg.recipes:
+        return preset_path(method)
+    folder = Path(cfg.recipes)
+    if not folder.is_absolute() and not folder.is_dir():
+        # a repository path such as configs/recipes/llava-1.5-7b, run from elsewhere
+        import visalign
+
+        repo = Path(visalign.__file__).resolve().parents[2]
+        if (repo / folder).is_dir():
+            folder = repo / folder
+    p = folder / f"{method}.yaml"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no recipe for {method} in recipes={cfg.recipes}")
+    return p
+
+
 def trainer_config(method: str, cfg: CompareConfig, flags: dict) -> Any:
-    """The method's trainer config: preset, then the kind's and the method's overrides, then
-    ``flags`` and the grid's seed (unless an override names a seed: a seed sweep)."""
-    from visalign.methods.presets import preset_path, trainer_class
+    """The method's trainer config: recipe or preset, then the kind's and the method's
+    overrides, then ``flags`` and the grid's seed (unless an override names a seed: a seed
+    sweep)."""
+    from visalign.methods.presets import trainer_class
 
     kind = METHOD_KIND[method]
     cls = trainer_class(kind)
     extra = {"sft": cfg.sft, "dpo": cfg.dpo, "fisao": cfg.fisao}[kind]
-    c = load_config(cls, preset_path(method))
+    c = load_config(cls, recipe_path(method, cfg))
     c = load_config(cls, None, extra, base=c)
     own = cfg.method_overrides.get(method, {})
     c = load_config(cls, None, own, base=c)
@@ -75,7 +97,7 @@ def method_tasks(method: str, cfg: CompareConfig) -> tuple[str, ...]:
 
 
 def train_method(method: str, source: Any, base: Path, ids: list[int], d: Path, data: Path,
-                 calib_dir: Path, cfg: CompareConfig) -> str:
+                 calib_dir: Path, cfg: CompareConfig, verifier: Path | None = None) -> str:
     """Build the method's data from the base model and train it; returns the model dir."""
     from visalign.methods.presets import trainer
 
@@ -99,8 +121,10 @@ def train_method(method: str, source: Any, base: Path, ids: list[int], d: Path, 
     elif method == "fisao":
         flags = {**flags, "data": str(align), "calibration": str(calib_dir / "calibration.json")}
         del flags["preset"]
+        if verifier is not None and verifier != base / "verifier":
+            flags["verifier"] = str(verifier)
         # the calibration's entities.json (world vocabulary included) when it wrote one
-        if not (calib_dir / "entities.json").exists():
+        if not (calib_dir / "entities.json").exists() and source.synonyms_path is not None:
             flags["extra_vocab"] = str(source.synonyms_path)
     else:
         raise ValueError(f"unknown method {method!r}")
@@ -108,53 +132,37 @@ def train_method(method: str, source: Any, base: Path, ids: list[int], d: Path, 
     return str(res.model_dir)
 
 
-def _annotations(source: Any) -> tuple[str, str, str]:
+def _annotations(source: Any) -> tuple[str, str, str | None]:
+    """(instances, captions, synonyms or None = COCO's) of the source's train split."""
     split = source.train_split
+    syn = source.synonyms_path
     return (str(source.instances_path(split)), str(source.captions_path(split)),
-            str(source.synonyms_path))
-
-
-def _kv(d: dict, prefix: str = "") -> list[str]:
-    """A nested dict as ``key=value`` overrides (YAML scalars)."""
-    import yaml
-
-    out = []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out += _kv(v, f"{prefix}{k}.")
-        else:
-            out.append(f"{prefix}{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
-                       .replace("\n...", ""))
-    return out
-
-
-def _cli(argv: list[str]) -> None:
-    from visalign.cli import main
-
-    rc = main([*argv, "--debug"])
-    if rc:
-        raise RuntimeError(f"`visalign {' '.join(argv)}` failed with exit code {rc}")
+            None if syn is None else str(syn))
 
 
 def _build_nsft(source: Any, base: Path, align: Path, out: Path, cfg: CompareConfig) -> None:
+    from visalign.methods.nsft import NsftDataConfig, write_nsft_data
+
     inst, caps, syn = _annotations(source)
-    _cli(["nsft", "build", "--data", str(align), "--image-root", str(source.image_root),
-          "--model", str(base), "--instances", inst, "--coco-captions", caps,
-          "--synonyms", syn, "--out", str(out), *_kv({"seed": cfg.seed, **cfg.nsft_data})])
+    ncfg = load_config(NsftDataConfig, None, {"seed": cfg.seed, **cfg.nsft_data})
+    write_nsft_data(ncfg, align, out, image_root=str(source.image_root), model=str(base),
+                    instances=inst, captions=caps, synonyms=syn)
 
 
 def _build_pairs(method: str, source: Any, base: Path, align: Path, out: Path,
                  cfg: CompareConfig) -> None:
+    from visalign.methods.pairs import PairsConfig, write_method_pairs
+
     inst, caps, syn = _annotations(source)
-    extra = (["--instances", inst, "--coco-captions", caps, "--synonyms", syn]
-             if method == "povid" else [])
-    _cli(["pairs", method, "--data", str(align), "--image-root", str(source.image_root),
-          "--model", str(base), "--out", str(out), *extra,
-          *_kv({"seed": cfg.seed, **cfg.pairs})])
+    pcfg = load_config(PairsConfig, None, {"seed": cfg.seed, **cfg.pairs})
+    annotations = ({"instances": inst, "captions": caps, "synonyms": syn}
+                   if method == "povid" else {})
+    write_method_pairs(method, pcfg, align, out, image_root=str(source.image_root),
+                       model=str(base), **annotations)
 
 
 def calibrate(source: Any, base: Path, image_ids: list[int], out: Path,
-              cfg: CompareConfig) -> dict:
+              cfg: CompareConfig, verifier: Path | None = None) -> dict:
     """FiSAO Eq. 7 calibration on train images outside every alignment subset."""
     from visalign.io import read_jsonl, write_jsonl
     from visalign.methods.fisao.calibrate import CalibrateConfig, calibrate_verifier
@@ -166,9 +174,12 @@ def calibrate(source: Any, base: Path, image_ids: list[int], out: Path,
     ppath = out / "prompts.jsonl"
     write_jsonl(ppath, prompts)
     inst, caps, syn = _annotations(source)
+    extra = {} if verifier is None or verifier == base / "verifier" else \
+        {"verifier": str(verifier)}
     return calibrate_verifier(CalibrateConfig(
         model=str(base), prompts=str(ppath), image_root=str(source.image_root),
-        instances=inst, captions=caps, synonyms=syn, out=str(out), n_images=len(prompts),
+        instances=inst, captions=caps, synonyms=syn or "", out=str(out), n_images=len(prompts),
+        **extra,
         max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
         **cfg.fisao_calibrate))
 

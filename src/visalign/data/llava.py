@@ -4,10 +4,12 @@ A record is ``{"id": str | int, "image": str, "conversations": [{"from": "human"
 "value": str}, ...]}``: turns alternate human/gpt starting with human and ending with gpt, and
 the first human turn holds the ``<image>`` placeholder exactly once (no other turn has one).
 Other fields (``image_id``, ``task``, ...) pass through untouched. Files are a JSON list or JSONL.
+:func:`load_llava_records` also reads LLaVA's released files (shared ids, text-only records, no
+``task`` or ``image_id``; see :mod:`visalign.data.instruct`).
 
 Every problem raises :class:`visalign.io.DataError` naming the file, the record (index and id)
 and the field, never a silent skip: a dropped record would quietly change a training set or a
-metric.
+metric. (Text-only records, which no image task can use, are skipped and counted aloud.)
 """
 
 from __future__ import annotations
@@ -109,30 +111,85 @@ def check_image(img_path: Path, path: str | os.PathLike | None, where: Any) -> N
 
 
 def load_llava_records(path: str | os.PathLike, image_root: str | os.PathLike | None = None,
-                       check_images: bool = False) -> list[dict]:
-    """Load and validate a LLaVA JSON list / JSONL file.
+                       check_images: bool = False, *, text_only: str = "skip",
+                       shared_ids: str = "key", infer: bool = True,
+                       quiet: bool = False) -> list[dict]:
+    """Load and validate a LLaVA JSON list / JSONL file, as visalign writes it or as LLaVA ships
+    it (llava_instruct_150k.json, detail_23k.json, llava_v1_5_mix665k.json).
 
-    Ids must be unique. With ``check_images`` every referenced image must exist and open
-    (each distinct file is checked once); relative paths resolve under ``image_root``
-    (default: the records file's directory).
+    - ``text_only="skip"`` leaves out records with no image (no ``image`` field, no ``<image>``
+      in any turn: mix665k's ShareGPT records) and prints how many; ``"error"`` rejects them.
+    - ``shared_ids="key"`` keeps records that share an id: the first keeps it, the k-th repeat
+      gets ``ID#k`` with the original in ``source_id``
+      (:func:`~visalign.data.instruct.unique_keys`); ``"error"`` rejects a repeated id.
+    - ``infer`` fills a missing ``task`` from the prompts
+      (:func:`~visalign.data.instruct.recognise_task`) and a missing ``image_id`` from a COCO
+      file name (:func:`~visalign.data.coco.coco_image_id`). Fields a record has are kept.
+
+    A file whose records are all text-only is an error (an empty file gives ``[]``, which each
+    caller judges). With ``check_images`` every referenced image must
+    exist and open (each distinct file is checked once); relative paths resolve under
+    ``image_root`` (default: the records file's directory). Records that need no change are
+    returned as read (visalign's own files come back unchanged).
     """
+    import sys
+
+    from visalign.data.coco import coco_image_id
+    from visalign.data.instruct import is_text_only, recognise_task, unique_keys
+
+    if text_only not in ("skip", "error") or shared_ids not in ("key", "error"):
+        raise ValueError(f"text_only must be 'skip' or 'error' and shared_ids 'key' or 'error', "
+                         f"got {text_only!r}, {shared_ids!r}")
     records = read_records(path)
-    seen: dict[Any, int] = {}
-    checked: set[Path] = set()
+    kept: list[tuple[int, dict]] = []
     for i, rec in enumerate(records):
-        validate_llava_record(rec, path, i)
-        rid = rec["id"]
-        key = str(rid)   # 7 and "7" would collide once ids are written as strings
-        if key in seen:
-            raise DataError(path, f"duplicate id (first used by record {seen[key]})",
-                            record=_where(i, rec), field="id")
-        seen[key] = i
+        if text_only == "skip" and isinstance(rec, dict) and is_text_only(rec):
+            continue
+        kept.append((i, validate_llava_record(rec, path, i)))
+    n_text_only = len(records) - len(kept)
+    if records and not kept:
+        raise DataError(path, f"no usable records: all {len(records)} records are text-only "
+                              "(no image)")
+    keys = unique_keys(rec["id"] for _, rec in kept)
+    first: dict[str, int] = {}
+    out: list[dict] = []
+    n_repeats = 0
+    checked: set[Path] = set()
+    for (i, rec), key in zip(kept, keys):
+        base = str(rec["id"])
+        first.setdefault(base, i)
+        if key != base:
+            if shared_ids == "error":
+                raise DataError(path, f"duplicate id (first used by record {first[base]})",
+                                record=_where(i, rec), field="id")
+            rec = {**rec, "id": key, "source_id": rec["id"]}
+            n_repeats += 1
+        if infer:
+            extra: dict[str, Any] = {}
+            if rec.get("task") is None:
+                extra["task"] = recognise_task(rec["conversations"])
+            if rec.get("image_id") is None:
+                image_id = coco_image_id(rec["image"])
+                if image_id is not None:
+                    extra["image_id"] = image_id
+            if extra:
+                rec = {**rec, **extra}
         if check_images:
             img = resolve_image(rec["image"], image_root, path)
             if img not in checked:
                 check_image(img, path, _where(i, rec))
                 checked.add(img)
-    return records
+        out.append(rec)
+    if not quiet and (n_text_only or n_repeats):
+        said = []
+        if n_text_only:
+            said.append(f"skipped {n_text_only} text-only records (no image)")
+        if n_repeats:
+            said.append(f"kept {n_repeats} records that repeat an earlier record's id as ID#k "
+                        "(original id in source_id)")
+        print(f"[visalign] {path}: {'; '.join(said)}; {len(out)} records loaded",
+              file=sys.stderr, flush=True)
+    return out
 
 
 def pack_by_image(records: list[dict], seed: int = 0) -> list[dict]:

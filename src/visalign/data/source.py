@@ -44,6 +44,9 @@ class DataSource(Protocol):
     def eval_split(self) -> str:
         """The held-out split models are evaluated on."""
 
+    def image_dir(self, split: str) -> Path:
+        """Where the ``file_name`` of ``split``'s COCO images starts."""
+
     def instances_path(self, split: str) -> Path:
         """COCO instances JSON of ``split``."""
 

@@ -1,5 +1,5 @@
 """CHAIR: object hallucination in captions (Rohrbach et al. 2018, "Object Hallucination in
-Image Captioning"), as used by both seed papers.
+Image Captioning"), as used by both the nSFT and the FiSAO papers.
 
 Semantics follow the reference implementation (LisaAnne/Hallucination ``utils/chair.py`` and
 the widely used standalone variant that adds recall and the ``train track`` rule):

@@ -142,7 +142,8 @@ def evaluate_model(vlm_or_path: Any, world: Any, out_dir: str | Path,
                                     settings.pope_negatives, settings.seed)
         if not qpath.exists():
             qs = build_pope(world.instances_path(split), sp, settings.pope_images,
-                            settings.pope_negatives, settings.seed, image_root=world.image_root)
+                            settings.pope_negatives, settings.seed,
+                            image_root=world.image_dir(split))
             write_jsonl(qpath, qs)
         qs = read_jsonl(qpath)
         ans = _generate(vlm, qs, out / f"answers_pope_{sp}.jsonl", settings, max_new_tokens=4,
@@ -188,7 +189,7 @@ def evaluate_model(vlm_or_path: Any, world: Any, out_dir: str | Path,
 
 def judge_descriptions(answers: list[dict], captions_path: str | Path,
                        config: JudgeConfig | None = None, client: Any = None) -> dict:
-    """The nSFT in-domain judge (seed 000, Fig. 7) on held-out descriptions.
+    """The nSFT in-domain judge (nSFT paper, Fig. 7) on held-out descriptions.
 
     The judge sees the reference captions as the image's ground truth; returns
     ``judge_records``' result (``indomain_instruction``, ``indomain_accuracy``,

@@ -2,8 +2,8 @@
 
 Both are supervised fine-tuning on LLaVA-format conversations; they differ only in the data:
 cont-SFT trains on the ground-truth conversations of the alignment set, nSFT on the corrective
-conversations that ``visalign nsft build`` makes from the model's own mistakes (seed
-000_069bb0018e4a426c, Sec. 3 and B.1). The optional per-token KL to the frozen reference
+conversations that ``visalign nsft build`` makes from the model's own mistakes (the nSFT
+paper, "Continual SFT Matches Multimodal RLHF with Negative Supervision", Sec. 3 and B.1). The optional per-token KL to the frozen reference
 (``kl_coef``) is the full-vocabulary KL(π_ref ‖ π_θ) averaged over the answer tokens; it is
 our addition (the supplementary material describes none) and is off in both presets. With
 LoRA the reference is the model with its adapter disabled, with full fine-tuning a frozen copy.

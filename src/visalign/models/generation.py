@@ -1,10 +1,12 @@
 """Batched, resumable, multi-process generation over (image, prompt) records.
 
-``generate_answers`` appends one answer record per id to a JSONL file (the answer format of
-docs/CONTRACTS.md) and skips ids already there, so a killed run resumes where it stopped (a
-partial last line is dropped first). Sampling uses one seed per record, derived from
-(seed, id), so an interrupted-and-resumed run, a run with another batch size and a
-multi-process run all give the answers of a single uninterrupted run.
+``generate_answers`` appends one answer record per record key to a JSONL file (the answer format
+of docs/formats-and-interfaces.md) and skips keys already there, so a killed run resumes where it stopped (a
+partial last line is dropped first). A key is the record's id, or ``ID#k`` for the k-th repeat
+of an id (LLaVA-Instruct-150K repeats them); text-only records are skipped and counted.
+Sampling uses one seed per record, derived from (seed, key), so an interrupted-and-resumed run,
+a run with another batch size and a multi-process run all give the answers of a single
+uninterrupted run.
 
 Under ``accelerate launch``/``torchrun`` with N processes, rank r answers the remaining records
 r::N into ``OUT.rank{r}.jsonl``; after a barrier rank 0 merges everything into OUT in input order
@@ -78,18 +80,25 @@ def record_seed(seed: int, record_id: str) -> int:
 
 def prompt_records(records: Sequence[dict], cfg: GenerationConfig,
                    source: str | os.PathLike | None = None) -> list[PromptRecord]:
-    """Validate records into (id, image, prompt). LLaVA conversation records are accepted:
-    their first human turn, without ``<image>``, is the prompt."""
-    out, seen = [], set()
+    """Validate records into (key, image, prompt). LLaVA conversation records are accepted:
+    their first human turn, without ``<image>``, is the prompt.
+
+    Records may share an id (LLaVA-Instruct-150K gives all records of an image its id): each gets
+    a unique key (:func:`~visalign.data.instruct.unique_keys`: the id, then ``ID#k``), which its
+    answer carries as its id, with the original id in ``source_id``. A record without
+    ``image_id`` whose image has a COCO file name gets its id from it.
+    """
+    from visalign.data.coco import coco_image_id
+    from visalign.data.instruct import unique_keys
+
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise DataError(source, "expected a JSON object", record=i)
         if rec.get(cfg.id_key) is None:
             raise DataError(source, "missing id", record=i, field=cfg.id_key)
-        rid = str(rec[cfg.id_key])
-        if rid in seen:
-            raise DataError(source, "duplicate id", record=rid, field=cfg.id_key)
-        seen.add(rid)
+    keys = unique_keys(rec[cfg.id_key] for rec in records)
+    out = []
+    for rec, rid in zip(records, keys):
         image = rec.get(cfg.image_key)
         if not isinstance(image, str) or not image:
             raise DataError(source, "missing image path", record=rid, field=cfg.image_key)
@@ -107,6 +116,11 @@ def prompt_records(records: Sequence[dict], cfg: GenerationConfig,
         else:
             raise DataError(source, f"no prompt (neither '{cfg.prompt_key}' nor "
                                     "'conversations')", record=rid, field=cfg.prompt_key)
+        if rid != str(rec[cfg.id_key]):
+            rec = {**rec, cfg.id_key: rid, "source_id": rec[cfg.id_key]}
+        if rec.get("image_id") is None and coco_image_id(image) is not None:
+            # CHAIR and the verifier calibration read the ground truth by image id.
+            rec = {**rec, "image_id": coco_image_id(image)}
         out.append(PromptRecord(rid, image, prompt, rec))
     return out
 
@@ -191,6 +205,7 @@ def generate_answers(vlm_or_path: Any, records: Sequence[dict] | str | os.PathLi
     """
     from tqdm.auto import tqdm
 
+    from visalign.data.instruct import is_text_only
     from visalign.io import read_records
     from visalign.models.adapter import VLM
     from visalign.models.loading import load_vlm, resolve_device
@@ -204,9 +219,12 @@ def generate_answers(vlm_or_path: Any, records: Sequence[dict] | str | os.PathLi
         records = read_records(source)
     image_root = Path(cfg.image_root) if cfg.image_root else (
         source.parent if source is not None else Path.cwd())
+    # Text-only conversations (mix665k's ShareGPT records) have nothing to look at.
+    image_records = [r for r in records if not (isinstance(r, dict) and is_text_only(r))]
+    n_text_only = len(records) - len(image_records)
     if cfg.limit is not None:
-        records = list(records)[:cfg.limit]
-    prompts = prompt_records(records, cfg, source)
+        image_records = image_records[:cfg.limit]
+    prompts = prompt_records(image_records, cfg, source)
     out_path = Path(out_path)
     gen = generation_hash(cfg)
 
@@ -219,6 +237,9 @@ def generate_answers(vlm_or_path: Any, records: Sequence[dict] | str | os.PathLi
     # Everyone has read the existing files before anyone appends to them.
     state.wait_for_everyone()
     mine = todo[rank::world]
+    if n_text_only and state.is_main_process:
+        print(f"[visalign generate] {source or 'records'}: skipped {n_text_only} text-only "
+              "records (no image)", file=sys.stderr, flush=True)
     if world > 1 or (done and cfg.progress):
         print(f"[visalign generate] rank {rank}/{world}: {len(mine)} of {len(todo)} records to "
               f"answer ({len(done)} already done)", file=sys.stderr, flush=True)

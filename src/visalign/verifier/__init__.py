@@ -1,4 +1,4 @@
-"""FiSAO's fine-grained verifier (seed 004, Sec. 3.3, App. A.1.1, A.1.5).
+"""FiSAO's fine-grained verifier (FiSAO paper, Sec. 3.3, App. A.1.1, A.1.5).
 
 - :mod:`.entities` — the entity set C (COCO + broad noun list + extra vocab, expanded with
   inflect and WordNet) and :meth:`EntitySet.find` (longest-match entity mentions in text).

@@ -16,7 +16,7 @@ image's patches, probability that a patch shows ``word`` rather than one of a fi
 (``patch_labels``; a word outside it is added to it for its own score), with each patch put
 through the vision model's final norm and projection as the class token is. Values lie in
 (0, 1]. On the micro-world this separates the model's correct from its hallucinated mentions
-better than the global score (token AUROC 0.84 vs 0.78, docs/methods_on_grounded_base.md);
+better than the global score (token AUROC 0.84 vs 0.78, docs/research/fisao-on-the-micro-world.md);
 a CLIP trained contrastively on the class token alone has no such patch alignment.
 """
 
@@ -91,14 +91,20 @@ class ClipScorer:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, template: str = "a photo of a {}.",
-                        device: str | torch.device = "cpu", dtype: torch.dtype | str = "float32",
+                        device: str | torch.device | None = None,
+                        dtype: torch.dtype | str = "float32",
                         scale: bool | float = True, batch_size: int = 256,
                         pooling: str = "image",
                         patch_labels: Sequence[str] | None = None) -> "ClipScorer":
-        """Load a CLIP dir (``CLIPModel`` weights + processor files) from disk; no download."""
+        """Load a CLIP dir (``CLIPModel`` weights + processor files) from disk; no download.
+
+        ``device``: where the verifier runs — the training device (``"cuda:0"``, a
+        ``torch.device``), ``"auto"`` (CUDA when available), or None for the CPU.
+        """
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
         path = str(path)
+        device = resolve_scorer_device(device)
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         model = CLIPModel.from_pretrained(path, dtype=dtype, local_files_only=True)
@@ -269,6 +275,15 @@ class ClipScorer:
         if img.shape[0] != t.shape[0]:
             raise ValueError(f"sentence_score: {t.shape[0]} texts but {img.shape[0]} images")
         return self.scale * (t * img).sum(-1)
+
+
+def resolve_scorer_device(device: str | torch.device | None) -> torch.device:
+    """None -> the CPU (the verifier's default); ``"auto"`` -> CUDA when available."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 class _Pair:

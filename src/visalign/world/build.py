@@ -83,13 +83,13 @@ class WorldConfig:
                   "over the absent categories)")
     omit_small_rate: float = field(
         0.5, help="train only: P(a small-only category is left out of a description)")
-    # 'category' since stop 24: with it (and 3 stage-2 epochs) the base lands in every #4
-    # range; by salience it named too few objects (recall 39 %) (docs/microworld_grounding.md)
+    # 'category': with it (and 3 stage-2 epochs) the base reaches the micro-world's quality
+    # targets; by salience it named too few objects (recall 39 %) (docs/research/base-recall.md)
     description_order: str = field(
         "category", help="object order in detail descriptions: 'category' (the vocabulary's "
         "fixed category order, home themes in blocks: which object comes next depends mostly "
         "on which came last), "
-        "'salience' (largest first, the default before stop 24), 'reading' (top-left to "
+        "'salience' (largest first, the first worlds' order), 'reading' (top-left to "
         "bottom-right, the order of the image tokens) or 'rank' (a fixed order with the themes "
         "interleaved, see Vocab.order_keys)")
     existence_adversarial_prob: float = field(
@@ -251,6 +251,11 @@ class World:
 
     def prompts_path(self, split: str) -> Path:
         return self.root / "prompts" / f"{self._check(split)}_detail.jsonl"
+
+    def image_dir(self, split: str) -> Path:
+        """Where the split's COCO ``file_name`` starts (it includes the split's folder)."""
+        self._check(split)
+        return self.image_root
 
     def image_path(self, split: str, image_id: int) -> Path:
         return self.image_root / export.image_rel_path(self._check(split), image_id)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from visalign.data.instruct import CAPTION_PROMPTS, DETAIL_PROMPTS
 from visalign.data.words import plural as plural_of
 from visalign.data.words import with_article
 from visalign.world.scenes import Scene, SceneObject, holds, relation
@@ -42,41 +43,7 @@ from visalign.world.vocab import (KEYED_ORDERS, REGION_PHRASES, REGIONS, RELATIO
 
 IMAGE_TOKEN = "<image>"
 
-# LLaVA's detail_23k instruction list (plus the common eval form).
-DETAIL_PROMPTS = (
-    "Describe this image in detail.",
-    "Describe the following image in detail.",
-    "Provide a detailed description of the given image.",
-    "Give an elaborate explanation of the image you see.",
-    "Share a comprehensive rundown of the presented image.",
-    "Offer a thorough analysis of the image.",
-    "Explain the various aspects of the image before you.",
-    "Clarify the contents of the displayed image with great detail.",
-    "Characterize the image using a well-detailed description.",
-    "Break down the elements of the image in a detailed manner.",
-    "Walk through the important details of the image.",
-    "Portray the image with a rich, descriptive narrative.",
-    "Narrate the contents of the image with precision.",
-    "Analyze the image in a comprehensive and detailed manner.",
-    "Illustrate the image through a descriptive explanation.",
-    "Examine the image closely and share its details.",
-    "Write an exhaustive depiction of the given image.",
-)
-
-# LLaVA's pre-training (BLIP caption) instruction list.
-CAPTION_PROMPTS = (
-    "Describe the image concisely.",
-    "Provide a brief description of the given image.",
-    "Offer a succinct explanation of the picture presented.",
-    "Summarize the visual content of the image.",
-    "Give a short and clear explanation of the subsequent image.",
-    "Share a concise interpretation of the image provided.",
-    "Present a compact description of the photo's key features.",
-    "Relay a brief, clear account of the picture shown.",
-    "Render a clear and concise summary of the photo.",
-    "Write a terse but informative summary of the picture.",
-    "Create a compact narrative representing the image presented.",
-)
+# DETAIL_PROMPTS, CAPTION_PROMPTS: LLaVA's instruction lists, kept once in visalign.data.instruct.
 
 SHORT_SUFFIX = "Answer the question using a single word or phrase."
 YESNO_SUFFIXES = (SHORT_SUFFIX, "Please answer yes or no.")

@@ -70,7 +70,7 @@ class BaseModelConfig:
     clip_arch: ClipArch = field(default_factory=ClipArch)
     # 36,000 distinct images x 4 epochs: trained 12 epochs on the 3,000 training images alone,
     # the tiny ViT over-fits and names a large held-out object right 64 % of the time (88 %
-    # here), and the VLM on top hallucinates more (docs/microworld_grounding.md, stop 20)
+    # here), and the VLM on top hallucinates more (docs/research/base-clip-data.md)
     clip: ClipTrainSettings = field(
         default_factory=lambda: ClipTrainSettings(epochs=4.0, images=36000))
     lm: LmArch = field(default_factory=LmArch)
@@ -95,7 +95,7 @@ class BaseModelConfig:
         "once per question (the scene-text LM pre-training is mostly prompt tokens). Batch "
         "sizes count conversations, so lower them to keep the optimiser steps. Off: on the "
         "micro-world it cut LM pre-training 2.4x but POPE fell towards chance "
-        "(docs/microworld_grounding.md)")
+        "(docs/research/base-training-speed.md)")
     pack_stages: str = field(
         "", help="comma-separated stages (lm_pretrain, stage1, stage2) to train on packed "
         "per-image conversations; `pack_turns=true` packs all three. 'lm_pretrain' alone keeps "
@@ -110,8 +110,8 @@ class BaseModelConfig:
         "caption,existence", help="instruction tasks of LLaVA stage 1 (projector alignment)")
     stage1: StageSettings = field(default_factory=lambda: StageSettings(2.0, 2e-3, 32))
     # 3 epochs: after 1 the base scored the same on its training images as on held-out ones
-    # (under-fit); 3 cut CHAIR by a quarter and raised POPE F1 3-4 points (stop 23,
-    # benchmarks/results/base_stage2_epochs.json)
+    # (under-fit); 3 cut CHAIR by a quarter and raised POPE F1 3-4 points
+    # (docs/research/base-model-recipe.md, benchmarks/results/base_stage2_epochs.json)
     stage2: StageSettings = field(default_factory=lambda: StageSettings(3.0, 3e-4, 32))
     eval: EvalSettings = field(default_factory=EvalSettings)
     stop_after: Literal["", "clip", "lm_pretrain", "stage1"] = field(

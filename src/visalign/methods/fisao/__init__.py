@@ -1,6 +1,6 @@
 """FiSAO: token-level rewards from the model's own vision encoder, optimised with clipped PPO.
 
-Seed 004_9eca003dbb219cab, Sec. 3.3-3.4 and Algorithm 1. For each batch of (image, prompt) from
+Fine-Grained Verifiers (FiSAO) paper, Sec. 3.3-3.4 and Algorithm 1. For each batch of (image, prompt) from
 the model's own instruction data (no extra data):
 
 1. sample responses from the current policy (LoRA adapters on) — Algorithm 1, line 4;
@@ -33,7 +33,7 @@ Departures from the paper, all configurable:
   r_t = 1 exactly on the first epoch;
 - ``kl_target`` > 0 (off by default) adapts ξ after each rollout so that the per-token KL to
   the reference tracks the target: on the micro-world, KL above ~0.2 nats/token came with
-  broken words (docs/methods_on_grounded_base.md, stop 16);
+  broken words (docs/research/fisao-on-the-micro-world.md);
 - with ``trainable`` other than ``lora`` the reference policy is a frozen copy of the initial
   model (twice the weights in memory; refused under FSDP/ZeRO-3, which would not shard the
   copy); with LoRA it is the same model with adapters disabled.
@@ -41,7 +41,7 @@ Departures from the paper, all configurable:
 Off by default and not the paper's method: ``existence_reward`` (an extension that also rewards
 yes/no existence answers with the verifier's score of the asked object) and the diagnostics
 ``reward_source=annotations``, ``reward_branches`` and ``reward_shuffle``
-(docs/methods_on_grounded_base.md).
+(docs/research/fisao-pope-cost.md).
 
 Every rollout writes one line to ``OUT/log.jsonl`` (global over processes): ``mean_reward`` (Eq. 8
 reward, before KL, over the rewarded entity mentions), ``pos_share`` / ``neg_share`` (share of

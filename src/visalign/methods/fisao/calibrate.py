@@ -69,6 +69,11 @@ class CalibrateConfig:
     dtype: str = field("float32", help="model dtype for generation")
     percentiles: list[float] = field([], help="[lo, hi] → S_min/S_max percentiles "
                                               "(default: min/max)")
+    device: str = field("auto", help="where the verifier scores: auto (CUDA when available), "
+                                     "cpu, cuda:N")
+    allow_verifier_mismatch: bool = field(False, help="calibrate with a verifier that is not "
+                                                      "the model's vision tower (checked when "
+                                                      "model is set)")
 
 
 _SENT = re.compile(r"[^.!?]+[.!?]?")
@@ -190,6 +195,8 @@ def _image_path(rec: dict, root: Path, source: Any, k: int) -> str:
 
 def _load_answers(cfg: CalibrateConfig, vlm: Any, out: Path) -> tuple[list[dict], Path, Path]:
     """(answers, the file they came from, the image root)."""
+    from visalign.data.coco import coco_image_id
+    from visalign.data.instruct import is_text_only, unique_keys
     from visalign.io import read_jsonl
 
     n = cfg.n_images or None
@@ -204,8 +211,9 @@ def _load_answers(cfg: CalibrateConfig, vlm: Any, out: Path) -> tuple[list[dict]
         from visalign.models.generation import GenerationConfig, generate_answers
 
         source = Path(cfg.prompts)
-        prompts = read_records(source)[:n]
-        ids = {str(p.get("id")) for p in prompts}
+        # the records generation answers, under the keys it gives them (shared ids -> ID#k)
+        prompts = [p for p in read_records(source) if not is_text_only(p)][:n]
+        ids = set(unique_keys(p.get("id") for p in prompts))
         gcfg = GenerationConfig(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
                                 image_root=cfg.image_root or None, limit=n, dtype=cfg.dtype,
                                 progress=False)
@@ -219,6 +227,8 @@ def _load_answers(cfg: CalibrateConfig, vlm: Any, out: Path) -> tuple[list[dict]
         rid = a.get("id", k)
         if not isinstance(a.get("answer"), str):
             raise DataError(source, "missing answer text", record=rid, field="answer")
+        if a.get("image_id") is None and coco_image_id(str(a.get("image", ""))) is not None:
+            a["image_id"] = coco_image_id(a["image"])     # a COCO file name gives it
         if a.get("image_id") is None:
             raise DataError(source, "missing image_id (CHAIR needs it to label objects)",
                             record=rid, field="image_id")
@@ -240,6 +250,7 @@ def calibrate_verifier(cfg: CalibrateConfig, vlm: Any = None) -> dict:
     from visalign.verifier.calibration import auroc, calibrate
     from visalign.verifier.entities import EntitySet
     from visalign.verifier.scorer import ClipScorer
+    from visalign.verifier.tower import check_vision_tower, resolve_verifier
 
     if not cfg.out:
         raise ValueError("calibrate needs out=DIR")
@@ -247,13 +258,16 @@ def calibrate_verifier(cfg: CalibrateConfig, vlm: Any = None) -> dict:
         raise ValueError("calibrate needs instances=PATH (COCO instances: the ground truth)")
     if not (cfg.verifier or cfg.model):
         raise ValueError("calibrate needs verifier=DIR (or model=DIR with MODEL/verifier)")
+    verifier = resolve_verifier(cfg.model, cfg.verifier)
+    if cfg.model:   # before any work: FiSAO's verifier is the policy's own vision tower
+        check_vision_tower(verifier, cfg.model, allow_mismatch=cfg.allow_verifier_mismatch)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(cfg, out)
     answers, source, root = _load_answers(cfg, vlm, out)
     chair = Chair.from_coco(cfg.instances, cfg.captions or None,
                             load_synonyms(cfg.synonyms or None))
-    scorer = ClipScorer.from_pretrained(cfg.verifier or Path(cfg.model) / "verifier",
+    scorer = ClipScorer.from_pretrained(verifier, device=cfg.device,
                                         template=cfg.template, pooling=cfg.pooling,
                                         patch_labels=chair.categories
                                         if cfg.pooling == "patch" else None)

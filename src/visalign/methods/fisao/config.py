@@ -23,6 +23,10 @@ class FisaoConfig(TrainConfig):
     data: str = field("", help="the base model's own instruction data (LLaVA records)")
     tasks: list[str] = field(["detail"], help="record tasks whose prompts are used ([] = all)")
     verifier: str = field("", help="CLIP dir whose vision tower is the VLM's ('' = MODEL/verifier)")
+    allow_verifier_mismatch: bool = field(
+        False, help="train with a verifier whose vision model differs from the policy's vision "
+        "tower (configs or weights); off: such a verifier is an error, since FiSAO scores tokens "
+        "with the policy's own encoder")
     calibration: str = field("", help="calibration.json from `visalign fisao calibrate`")
     sentence_calibration: str = field(
         "", help="sentence-level calibration for reward_level=sentence ('' = "
@@ -35,7 +39,7 @@ class FisaoConfig(TrainConfig):
     kl_on: Literal["entity", "all", "none"] = field(
         "entity", help="tokens carrying -ξ·KL: 'entity' as Eq. 8 writes it; 'all' every response "
         "token, which on the micro-world kept the text intact at budgets where 'entity' let the "
-        "policy break words (docs/methods_on_grounded_base.md, stop 16)")
+        "policy break words (docs/research/fisao-on-the-micro-world.md)")
     kl_estimator: Literal["k1", "k2", "k3"] = field("k1", help="per-token KL estimator")
     kl_target: float = field(
         0.0, help="adapt ξ after every rollout so that the per-token KL to the reference "
@@ -71,7 +75,7 @@ class FisaoConfig(TrainConfig):
     reward_branches: Literal["both", "negative", "positive"] = field(
         "both", help="diagnostic: keep only the negative (hallucinated) or only the positive "
                      "(grounded) branch of Eq. 8, the other set to 0; tells which branch moves "
-                     "POPE (docs/methods_on_grounded_base.md, stop 21). Not the method")
+                     "POPE (docs/research/fisao-pope-cost.md). Not the method")
     reward_shuffle: Literal["none", "permute", "centered"] = field(
         "none", help="diagnostic control: 'permute' permutes each rollout's rewards among its "
         "rewarded tokens (seeded): same distribution, content scrambled; 'centered' also "
@@ -82,7 +86,7 @@ class FisaoConfig(TrainConfig):
         "first answer token of the instruction data's yes/no existence prompts (task "
         "'existence'; only their questions are used, answered by the reference itself), added "
         "to every PPO step. Moving the policy at all costs POPE discrimination on the "
-        "micro-world (docs/methods_on_grounded_base.md, stop 22); this holds the yes/no answers "
+        "micro-world (docs/research/fisao-pope-cost.md); this holds the yes/no answers "
         "where the reference had them while the descriptions move. 0 = off")
     existence_reward: bool = field(
         False, help="extension, not in the paper: also roll out the yes/no existence prompts "
@@ -90,7 +94,7 @@ class FisaoConfig(TrainConfig):
         "yes/no word the Eq. 8 reward of the object asked about, signed by the answer (+r for "
         "'Yes', -r for 'No'). The paper's rewards sit on entity words, so a one-word answer "
         "gets none, and description rewards shift yes/no answers unchecked "
-        "(docs/methods_on_grounded_base.md, stop 22)")
+        "(docs/research/fisao-pope-cost.md)")
 
 
 # TrainConfig fields FiSAO has no use for, with what to set instead (a silently ignored

@@ -55,6 +55,7 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
 
     from visalign.verifier.reward import adaptive_kl_coef
     from visalign.verifier.scorer import ClipScorer
+    from visalign.verifier.tower import check_fisao_inputs, check_vision_tower
 
     if cfg.ppo_epochs < 1 or cfg.rollout_batch < 1:
         raise ValueError("ppo_epochs and rollout_batch must be >= 1")
@@ -70,6 +71,10 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     if cfg.existence_reward and cfg.reward_level != "token":
         raise ValueError("existence_reward puts token rewards on yes/no answers: it needs "
                          "reward_level=token")
+    # every missing input in one line, and the verifier checked against the policy's vision
+    # tower, before anything is written or loaded
+    verifier = check_fisao_inputs(cfg.model, cfg.verifier, cfg.calibration, data=cfg.data)
+    check_vision_tower(verifier, cfg.model, allow_mismatch=cfg.allow_verifier_mismatch)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -91,7 +96,6 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     if vlm is None:
         # sharded engines place (and shard) the weights in prepare
         vlm = load_for_training(cfg, device="cpu" if is_sharded() else str(acc.device))
-    verifier = cfg.verifier or str(Path(cfg.model) / "verifier")
     # the calibration says how its scores were computed; the rewards must use the same score
     with plain_init():   # the verifier is no part of the engine: never partitioned
         scorer = ClipScorer.from_pretrained(verifier, template=cfg.template or calib.template,
