@@ -74,7 +74,8 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     # every missing input in one line, and the verifier checked against the policy's vision
     # tower, before anything is written or loaded
     verifier = check_fisao_inputs(cfg.model, cfg.verifier, cfg.calibration, data=cfg.data)
-    check_vision_tower(verifier, cfg.model, allow_mismatch=cfg.allow_verifier_mismatch)
+    with plain_init():   # read whole, even after an earlier ZeRO-3 trainer in this process
+        check_vision_tower(verifier, cfg.model, allow_mismatch=cfg.allow_verifier_mismatch)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
