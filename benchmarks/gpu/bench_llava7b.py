@@ -57,7 +57,8 @@ GOAL_H100_HOURS = 3.0
 
 
 def build(shape: dict, work: Path, device: str):
-    """(VLM in the compute dtype on ``device``, verifier dir): random weights, local tokenizer."""
+    """(VLM in the compute dtype on ``device``, verifier dir, policy dir for FiSAO's input
+    checks): random weights, a locally trained tokenizer."""
     import torch
     from transformers import (CLIPConfig, CLIPModel, CLIPProcessor, CLIPVisionConfig,
                               LlamaConfig, LlavaConfig, LlavaForConditionalGeneration)
@@ -100,11 +101,23 @@ def build(shape: dict, work: Path, device: str):
                                            pad_token_id=text.pad_token_id),
                           vision_config=v, projection_dim=v["projection_dim"])
     clip = CLIPModel(clip_cfg)
+    # the verifier's vision side is the policy's own tower (FiSAO checks that it is)
+    clip.vision_model.load_state_dict(model.model.vision_tower.state_dict())
     ver = work / "verifier"
     clip.save_pretrained(ver)
     CLIPProcessor(image_processor=_pil_clip_image_processor(v["image_size"]),
                   tokenizer=_clip_tokenizer(tok, 77)).save_pretrained(ver)
-    return VLM(model, processor, family="llava", name="llava-1.5-7b-shaped"), ver
+    # a policy dir for FiSAO's input checks: the config, the processor and the vision tower's
+    # weights (the language model stays in memory: 14 GB would only be written and re-read)
+    from safetensors.torch import save_file
+
+    policy = work / "policy"
+    model.config.save_pretrained(policy)
+    processor.save_pretrained(policy)
+    save_file({k: t.detach().to("cpu").contiguous() for k, t in model.state_dict().items()
+               if "vision_tower" in k}, str(policy / "model.safetensors"))
+    vlm = VLM(model, processor, family="llava", name="llava-1.5-7b-shaped")
+    return vlm, ver, policy
 
 
 def write_data(work: Path, n: int, image_size: int, answer_words: int) -> dict:
@@ -168,7 +181,7 @@ def run(shape: dict, work: Path, *, steps: int, batch: int, rollout_batch: int,
     from visalign.verifier.scorer import ClipScorer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    vlm, verifier = build(shape, work, device)
+    vlm, verifier, policy = build(shape, work, device)
     files = write_data(work, max(batch, rollout_batch) * steps, shape["vision"]["image_size"],
                        answer_words)
     common = dict(model="unused", dtype="auto", gradient_checkpointing=True,
@@ -203,6 +216,7 @@ def run(shape: dict, work: Path, *, steps: int, batch: int, rollout_batch: int,
     _reset_peak()
     fcfg = dict(common)
     fcfg.pop("log_every")
+    fcfg["model"] = str(policy)
     res = train_fisao(lora(FisaoConfig(
         **fcfg, data=str(files["fisao"]), image_root=str(work), out=str(work / "fisao"),
         verifier=str(verifier), calibration=str(work / "calibration.json"),
