@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install visalign on a fresh machine: the CPU torch pin first (a looser torch would pull a
-# multi-GB CUDA build), then the package, then WordNet for FiSAO's entity expansion (optional:
-# without it expansion skips WordNet and says so). `setup.sh dev` adds the test tools.
+# Install visalign on a fresh machine: the CPU torch pin first (the package itself asks only for
+# torch>=2.4, which pip would otherwise satisfy with a multi-GB CUDA build), then the package,
+# then WordNet for FiSAO's entity expansion (optional: without it expansion skips WordNet and
+# says so). `setup.sh dev` adds the test tools (pytest, deepspeed, tensorboard, wandb). On a GPU
+# machine, install your CUDA torch and then `pip install -e ".[gpu,track]"` instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q "torch==2.13.0"

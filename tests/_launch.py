@@ -33,14 +33,15 @@ def is_port_failure(output: str) -> bool:
 
 
 def launch_2proc(args: list[str], timeout: float, env: dict | None = None,
-                 retries: int = 1) -> subprocess.CompletedProcess:
-    """``accelerate launch --config_file configs/accelerate/cpu_2proc.yaml ARGS`` on a free
-    port (OMP_NUM_THREADS=1); retried on a new port after a port failure, ``retries`` times."""
+                 retries: int = 1, config: str = "cpu_2proc.yaml") -> subprocess.CompletedProcess:
+    """``accelerate launch --config_file configs/accelerate/CONFIG ARGS`` (DDP by default;
+    ``cpu_2proc_fsdp.yaml``, ``cpu_2proc_zero3.yaml``) on a free port (OMP_NUM_THREADS=1);
+    retried on a new port after a port failure, ``retries`` times."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            **(env or {})}
     for _ in range(retries + 1):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"),
+               str(REPO / "configs" / "accelerate" / config),
                "--main_process_port", str(free_port()), *args]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if res.returncode == 0 or not is_port_failure(res.stdout + res.stderr):

@@ -424,6 +424,20 @@ def build_instruct_file(tmp_path: Path, coco_root: Path | None = None,
     return path
 
 
+def add_train2014_annotations(root: Path) -> None:
+    """COCO 2014's train annotations for a root built with train2017 ones: the same images under
+    the same ids with 2014 file names (as in the real release). The CHAIR references take their
+    ground truth from 2014 train + val, so a grid's COCO root needs them."""
+    import json
+
+    ann = Path(root) / "annotations"
+    for kind in ("instances", "captions"):
+        data = json.loads((ann / f"{kind}_train2017.json").read_text())
+        for im in data["images"]:
+            im["file_name"] = f"COCO_train2014_{im['id']:012d}.jpg"
+        _write_json(ann / f"{kind}_train2014.json", data)
+
+
 def build_real_grid_data(tmp_path: Path, n_train: int = 28, n_val: int = 10,
                          seed: int = 0) -> tuple[Path, Path]:
     """(COCO root, llava_instruct_150k.json) big enough for the real-data grid on a tiny model:
@@ -487,14 +501,7 @@ def build_real_grid_data(tmp_path: Path, n_train: int = 28, n_val: int = 10,
                     {**head, "annotations": objects, "categories": cats})
         _write_json(root / "annotations" / f"captions_{split}.json",
                     {**head, "annotations": captions})
-    # COCO 2014's train annotations hold the same images under the same ids (2014 names): the
-    # CHAIR references take their ground truth from 2014 train + val
-    ann = root / "annotations"
-    for kind in ("instances", "captions"):
-        data = json.loads((ann / f"{kind}_train2017.json").read_text())
-        for im in data["images"]:
-            im["file_name"] = f"COCO_train2014_{im['id']:012d}.jpg"
-        _write_json(ann / f"{kind}_train2014.json", data)
+    add_train2014_annotations(root)
     instruct = Path(tmp_path) / "llava_instruct_150k.json"
     instruct.write_text(json.dumps(recs, indent=1) + "\n")
     return root, instruct

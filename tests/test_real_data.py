@@ -207,7 +207,7 @@ def test_generation_skips_text_only_records(tiny_llava_dir, instruct_file, tmp_p
 
 def _cal_cfg(coco_root, answers, out, model, verifier, **kw):
     from visalign.data.coco import CocoRoot
-    from visalign.methods.fisao_calibrate import CalibrateConfig
+    from visalign.methods.fisao.calibrate import CalibrateConfig
 
     root = CocoRoot(coco_root)
     return CalibrateConfig(model=str(model), verifier=str(verifier), answers=str(answers),
@@ -223,7 +223,7 @@ def test_calibration_on_real_formats(coco_root, llava15_hf_dir, openai_clip_dir,
     no image_id) calibrate against a COCO root's train2017 with the llava-1.5's own CLIP; a
     verifier that is not its tower is refused before anything is written."""
     from visalign.io import write_jsonl
-    from visalign.methods.fisao_calibrate import calibrate_verifier
+    from visalign.methods.fisao.calibrate import calibrate_verifier
     from visalign.verifier.tower import VerifierMismatch
 
     said = {9: ["A man walks two dogs on a path.", "A cat sleeps next to the man."],

@@ -109,6 +109,7 @@ def load_coco_instances(path: str | os.PathLike):
         a.setdefault("area", float(a["bbox"][2] * a["bbox"][3]))
     coco = COCO()
     coco.dataset = data
+    coco.source_path = str(path)   # so errors about its contents can name the file
     with contextlib.redirect_stdout(io.StringIO()):   # createIndex prints progress lines
         coco.createIndex()
     return coco
@@ -152,7 +153,7 @@ def coco_json(source: Any, what: str) -> tuple[dict, Any]:
     elif isinstance(source, Mapping):
         data, path = source, None
     elif hasattr(source, "dataset"):
-        data, path = source.dataset, None
+        data, path = source.dataset, getattr(source, "source_path", None)
     else:
         raise TypeError(f"{what}: expected a path, a dict or a pycocotools COCO, got {source!r}")
     if not isinstance(data, Mapping):

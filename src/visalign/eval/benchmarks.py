@@ -114,6 +114,10 @@ class PopeBenchmark:
     def prompts(self, data: SuiteData) -> list[dict]:
         from visalign.eval.pope_protocol import pope_file, pope_prompts, read_pope_file
 
+        if not data.pope_dir and not data.coco_root:
+            raise ValueError("POPE needs --pope-dir (POPE's shipped question files) or "
+                             "--coco-root (its val2014 images; the files are then built from "
+                             "its annotations)")
         pope_dir = data.path("pope_dir", "POPE") if data.pope_dir else _built_pope(data)
         images = data.path("coco_root", "POPE (its images are COCO val2014)") / "val2014"
         out: list[dict] = []

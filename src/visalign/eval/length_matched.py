@@ -38,8 +38,10 @@ def length_matched_captions(chair: Any, base_caps: Sequence[Mapping],
     image, to the word count (``n_words``) of the cell's description of the same image; images
     the cell did not describe are left out."""
     n_words = {c["image_id"]: c["n_words"] for c in cell_caps}
+    # the base's record id travels with its cut text, so the pairing by (image, id) holds
     recs = [{"image_id": c["image_id"],
-             "caption": cut_to_words(c["caption"], n_words[c["image_id"]])}
+             "caption": cut_to_words(c["caption"], n_words[c["image_id"]]),
+             **({"id": c["id"]} if "id" in c else {})}
             for c in base_caps if c["image_id"] in n_words]
     if not recs:
         raise ValueError("no image in common: were both models evaluated on the same prompts?")

@@ -94,8 +94,8 @@ def build_pope(instances_path_or_coco: Any, split: str, n_images: int = 500,
     eligible = [img for img in images if len(objects.get(img["id"], ())) >= n_negatives]
     if len(eligible) < n_images:
         raise DataError(path, f"only {len(eligible)} images have at least {n_negatives} "
-                              f"annotated objects; cannot sample {n_images} (lower --images or "
-                              "--negatives)")
+                              f"annotated objects; cannot sample {n_images} (ask for fewer "
+                              "images, or fewer negatives per image)")
     sampled = random.Random(seed).sample(eligible, n_images)
     rng = random.Random(f"{seed}:{split}")
 

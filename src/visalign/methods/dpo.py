@@ -132,7 +132,7 @@ def train_dpo(cfg: DpoConfig, vlm: Any = None) -> TrainResult:
     import copy
     import json
 
-    from visalign.models import load_vlm
+    from visalign.training import load_for_training
 
     if cfg.stages not in STAGES:
         raise ValueError(f"stages must be one of {STAGES}, got {cfg.stages!r}")
@@ -162,7 +162,7 @@ def train_dpo(cfg: DpoConfig, vlm: Any = None) -> TrainResult:
             continue
         if k > 0 or vlm is None:
             # A later stage starts from the previous stage's model (POVID Sec. 3), merged.
-            vlm = load_vlm(str(result.model_dir) if k > 0 else cfg.model, dtype=cfg.dtype)
+            vlm = load_for_training(cfg, str(result.model_dir) if k > 0 else cfg.model)
             if hasattr(vlm.model, "merge_and_unload"):
                 vlm.model = vlm.model.merge_and_unload()
         ref = None

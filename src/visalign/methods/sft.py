@@ -17,8 +17,8 @@ from typing import Any
 
 from visalign.config import field
 from visalign.io import DataError
-from visalign.training import (TrainConfig, TrainResult, conversation_items, make_collate,
-                                run_training)
+from visalign.training import (TrainConfig, TrainResult, check_memory_settings,
+                               conversation_items, load_for_training, make_collate, run_training)
 
 
 @dataclasses.dataclass
@@ -71,8 +71,8 @@ def train_sft(cfg: SftConfig, vlm: Any = None) -> TrainResult:
     import copy
 
     from visalign.data.llava import load_llava_records
-    from visalign.models import load_vlm
 
+    check_memory_settings(cfg)
     records = load_llava_records(cfg.data)
     if cfg.limit:
         records = records[: cfg.limit]
@@ -86,7 +86,7 @@ def train_sft(cfg: SftConfig, vlm: Any = None) -> TrainResult:
             raise DataError(cfg.data, f"image file not found: {it['image']}", record=it["id"],
                             field="image")
     if vlm is None:
-        vlm = load_vlm(cfg.model, dtype=cfg.dtype)
+        vlm = load_for_training(cfg)
     ref = None
     if cfg.kl_coef > 0 and cfg.trainable != "lora":
         ref = copy.deepcopy(vlm.model).eval().requires_grad_(False)

@@ -388,8 +388,13 @@ class VLM:
         cache = growing_cache(self.model, prompt_len + min(max_new_tokens, 256))
         extra = {} if cache is None else {"cache": cache}
         with self._eval_mode():
+            # synced_gpus=False: transformers turns it on for ZeRO-3/FSDP models, stepping
+            # every rank until the longest finishes with a collective per token; visalign
+            # generates on gathered weights (training.engine.generation_model), where no
+            # forward needs another rank
             out = self.model.generate(**inputs, generation_config=gen_cfg,
-                                      logits_processor=processors, **extra)
+                                      logits_processor=processors, synced_gpus=False,
+                                      **extra)
         return inputs, out[:, prompt_len:]
 
     def _responses(self, new: torch.Tensor) -> tuple[list[list[int]], torch.Tensor, list[bool]]:

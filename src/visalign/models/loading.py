@@ -201,13 +201,14 @@ def _adapter_base(path: Path) -> str | None:
 
 def load_vlm(path: str | os.PathLike, *, dtype: str = "float32", device: str = "cpu",
              adapter: str | os.PathLike | None = None, trust_remote_code: bool = False,
-             attn_implementation: str | None = None):
+             attn_implementation: str | None = None, quantization_config: Any = None):
     """Load a VLM (local dir or hub id), its processor and chat template, as a :class:`VLM`.
 
     ``adapter`` is a peft LoRA dir applied on top (not merged). ``dtype`` is one of float32,
     float16, bfloat16, auto; ``device`` is a torch device string or ``"auto"``. The model is
-    returned in eval mode. The processor (and chat template) is read from ``path``, or from the
-    adapter dir when a LoRA-only dir is given as ``path``.
+    returned in eval mode; ``quantization_config`` (a transformers ``BitsAndBytesConfig``) loads
+    the weights quantised, placed on ``device``. The processor (and chat template) is read from
+    ``path``, or from the adapter dir when a LoRA-only dir is given as ``path``.
     """
     import transformers
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -232,9 +233,13 @@ def load_vlm(path: str | os.PathLike, *, dtype: str = "float32", device: str = "
     kw: dict[str, Any] = dict(extra, dtype=_torch_dtype(dtype))
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
-    model = model_cls.from_pretrained(path, **kw)
     device = resolve_device(device)
-    model.to(device)
+    if quantization_config is not None:
+        # bitsandbytes places quantised weights at load time; a quantised model cannot be moved
+        kw.update(quantization_config=quantization_config, device_map={"": device})
+    model = model_cls.from_pretrained(path, **kw)
+    if quantization_config is None:
+        model.to(device)
     proc_path = path
     if adapter is not None and _read_processor_config(Path(adapter)):
         proc_path = str(adapter)  # a trained adapter may ship an updated processor

@@ -41,7 +41,25 @@ class TrainConfig:
     max_grad_norm: float = field(1.0, help="gradient clipping (0 = off)")
     max_length: int = field(0, help="truncate sequences to this many tokens (0 = no limit)")
     seed: int = field(0, help="seed for data order, init of new weights and sampling")
-    dtype: str = field("float32", help="model dtype: float32, bfloat16, float16")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        "auto", help="weights' dtype: 'auto' = bfloat16 on a CUDA GPU that supports it, float32 "
+        "otherwise (so CPU runs stay float32); a 7B model in float32 is 28 GB of weights alone")
+    gradient_checkpointing: bool = field(
+        False, help="recompute activations in the backward pass (transformers' checkpointing, "
+        "use_reentrant=False; works with LoRA): ~30 % more compute for far less activation "
+        "memory, what lets 7B-13B batches fit")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = field(
+        "sdpa", help="attention kernel: sdpa (torch's, the default), eager, or flash_attention_2 "
+        "(needs the flash-attn package and a CUDA GPU; fp16/bf16 only)")
+    load_in_4bit: bool = field(
+        False, help="QLoRA: load the frozen base in 4-bit NF4 with double quantisation and "
+        "bfloat16 compute (bitsandbytes, CUDA only; pip install 'visalign[gpu]'), prepared with "
+        "peft's prepare_model_for_kbit_training; needs trainable=lora")
+    report_to: Literal["none", "tensorboard", "wandb"] = field(
+        "none", help="also log the training curves (loss, reward, KL, clip fraction, lr, "
+        "tokens/s, peak GPU memory) through accelerate's tracker: tensorboard writes event files "
+        "under OUT/tracking, wandb a run (offline with WANDB_MODE=offline); the resolved config "
+        "goes with the run. log.jsonl is always written")
     mixed_precision: Literal["no", "bf16"] = field(
         "no", help="bf16 = autocast the loss computation to bfloat16 (weights, gradients and "
         "optimiser stay in the model dtype); also pays on CPUs with AVX512-BF16 or AMX")

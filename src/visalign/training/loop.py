@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -26,11 +25,15 @@ from typing import Any, Callable, Sequence
 
 from visalign.config import ConfigError, save_run_config
 from visalign.io import JsonlAppender, write_json
-from visalign.training.checkpoint import latest_checkpoint, save_checkpoint, save_model
+from visalign.training.checkpoint import (check_resume, latest_checkpoint, save_checkpoint,
+                                          save_model)
 from visalign.training.config import TrainConfig
-from visalign.training.params import prepare_model
+from visalign.training.engine import launched_engine, make_accelerator
+from visalign.training.params import check_memory_settings, prepare_model
 from visalign.training.sampler import LengthGroupedSampler, item_length
 from visalign.training.schedule import lr_lambda, seed_everything
+from visalign.training.tracking import (Throughput, end_tracking, start_tracking, track,
+                                        tracking_dir)
 
 
 @dataclasses.dataclass
@@ -52,15 +55,17 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
     (loss, stats_dict)``. Global batch = batch_size × grad_accum × processes.
     """
     import torch
-    from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
+    check_memory_settings(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+    acc = make_accelerator(grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm,
+                           report_to=cfg.report_to, project_dir=str(tracking_dir(out)))
+    run_cfg = config_obj if config_obj is not None else cfg
     if acc.is_main_process:
-        save_run_config(config_obj if config_obj is not None else cfg, out)
+        save_run_config(run_cfg, out)
     model = prepare_model(vlm, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -87,6 +92,8 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
     # optimiser step (it assumes a shrunken loader), running the schedule N times too fast on
     # N processes. It is stepped here once per synchronised step and checkpointed with the rest.
     model, opt, loader = acc.prepare(model, opt, loader)
+    # FSDP2 replaces the parameters by sharded ones: clip the ones the optimiser now holds
+    params = [p for p in model.parameters() if p.requires_grad]
     acc.register_for_checkpointing(sched)
     if cfg.mixed_precision == "bf16":
         def autocast():
@@ -99,9 +106,16 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "samples": 0}
     ck = latest_checkpoint(out)
     if ck is not None:
+        saved = check_resume(acc, ck)
         acc.load_state(str(ck))
-        state.update(json.loads((ck / "trainer_state.json").read_text()))
+        state.update(saved)
         acc.print(f"[{name}] resumed from {ck} at step {state['step']}")
+    global_batch = cfg.batch_size * cfg.grad_accum * acc.num_processes
+    acc.print(f"[{name}] {launched_engine()}: {acc.num_processes} process(es) x batch "
+              f"{cfg.batch_size} x grad_accum {cfg.grad_accum} = global batch {global_batch}; "
+              f"{total} optimiser steps")
+    start_tracking(acc, cfg.report_to, name, run_cfg)
+    speed = Throughput()
 
     log = JsonlAppender(out / "log.jsonl") if acc.is_main_process else None
     bar = None
@@ -125,6 +139,9 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
                 # not run in one process (the base recipe, the test suite).
                 with autocast():
                     loss, stats = loss_fn(model, batch)
+                # packed batches (padding_free) carry no mask and no padding
+                speed.add(batch["attention_mask"].sum() if "attention_mask" in batch
+                          else batch["input_ids"].numel())
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm:
                     acc.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -149,9 +166,16 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
-            if log and (state["step"] % cfg.log_every == 0 or state["step"] == total):
-                log.write({"step": state["step"], "lr": sched.get_last_lr()[0], **stats,
-                           "elapsed": round(time.time() - t0, 2)})
+            if state["step"] % cfg.log_every == 0 or state["step"] == total:
+                if acc.num_processes > 1:   # every process counts its own tokens
+                    speed.tokens = float(acc.reduce(torch.as_tensor(
+                        speed.tokens, dtype=torch.float64).reshape(1).to(acc.device),
+                        reduction="sum")[0])
+                row = {"step": state["step"], "lr": sched.get_last_lr()[0], **stats,
+                       **speed.row(acc.device), "elapsed": round(time.time() - t0, 2)}
+                if log:
+                    log.write(row)
+                track(acc, cfg.report_to, row, state["step"])
             if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < total:
                 save_checkpoint(acc, out, state)
             if state["step"] >= total:
@@ -165,16 +189,17 @@ def run_training(cfg: TrainConfig, vlm: Any, dataset: Sequence[Any],
     if log:
         log.close()
     acc.wait_for_everyone()
-    model_dir = out / "model"
+    model_dir = save_model(vlm, cfg, out, acc, model)
+    vlm.model = acc.unwrap_model(model)
     if acc.is_main_process:
-        vlm.model = acc.unwrap_model(model)
-        model_dir = save_model(vlm, cfg, out)
         seconds = time.time() - t0
         write_json(out / "train_summary.json", {
             "name": name, "steps": state["step"], "samples": state["samples"],
-            "seconds": round(seconds, 3),
+            "engine": launched_engine(), "processes": acc.num_processes,
+            "global_batch": global_batch, "seconds": round(seconds, 3),
             "samples_per_second": round(state["samples"] / max(seconds, 1e-9), 3),
             "last": stats})
+    end_tracking(acc, cfg.report_to)
     acc.wait_for_everyone()
     return TrainResult(out, model_dir, state["step"], time.time() - t0, state["samples"], stats)
 

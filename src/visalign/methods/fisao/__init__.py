@@ -35,7 +35,8 @@ Departures from the paper, all configurable:
   the reference tracks the target: on the micro-world, KL above ~0.2 nats/token came with
   broken words (docs/research/fisao-on-the-micro-world.md);
 - with ``trainable`` other than ``lora`` the reference policy is a frozen copy of the initial
-  model (twice the weights in memory); with LoRA it is the same model with adapters disabled.
+  model (twice the weights in memory; refused under FSDP/ZeRO-3, which would not shard the
+  copy); with LoRA it is the same model with adapters disabled.
 
 Off by default and not the paper's method: ``existence_reward`` (an extension that also rewards
 yes/no existence answers with the verifier's score of the asked object) and the diagnostics
@@ -47,7 +48,9 @@ reward, before KL, over the rewarded entity mentions), ``pos_share`` / ``neg_sha
 mentions with a positive / negative reward), ``kl`` (mean per-token KL estimate π_old‖π_ref over
 response tokens), ``clip_fraction`` (share of response tokens whose clipped term is the smaller
 one, averaged over PPO epochs), ``loss``, ``grad_norm``, ``approx_kl`` (π_old‖π_θ after the
-update), ``entities_per_response``, ``response_tokens``, ``finished``, ``lr``, ``xi`` (the KL weight used
+update), ``entities_per_response``, ``response_tokens``, ``finished``, ``lr``, ``tokens_per_s``
+(prompt and response tokens of the rollout, all processes, per second of the whole iteration),
+``peak_gpu_mem_gb`` (on CUDA), ``xi`` (the KL weight used
 for this rollout; it moves only with ``kl_target`` > 0, the adaptive controller of Ziegler et
 al. that TRL also offers, which is not in the paper and is saved in checkpoints).
 """

@@ -58,6 +58,12 @@ def ppo_epoch(model: Any, batch: dict, old_logprobs: Any, advantages: Any, mask:
     is back-propagated into the same step, before the PPO minibatches (its gradients join
     theirs at DDP's sync).
 
+    Under DeepSpeed the engine steps the optimiser inside ``backward`` at its accumulation
+    boundary and divides each loss by its accumulation steps: the accelerator must have been
+    made with ``gradient_accumulation_steps`` = the backward passes of one epoch (slices, plus
+    one for ``extra_loss``), each pass runs under ``accelerator.accumulate`` and its loss is
+    multiplied back, so the engine steps exactly once per epoch with the same gradient.
+
     Returns local sums for logging: ``loss`` (this process's share of the global loss),
     ``clipped`` and ``approx_kl`` (token sums), ``extra`` (the extra loss) and ``grad_norm``
     (global, after DDP's sync).
@@ -71,37 +77,46 @@ def ppo_epoch(model: Any, batch: dict, old_logprobs: Any, advantages: Any, mask:
     mb = minibatch or b
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     sums = {"loss": 0.0, "clipped": 0.0, "approx_kl": 0.0, "extra": 0.0}
+    starts = list(range(0, b, mb))
+    ds = deepspeed_engine(accelerator)
+    n_micro = len(starts) + (extra_loss is not None)
+    if ds and accelerator.gradient_accumulation_steps != n_micro:
+        raise ValueError(f"DeepSpeed accumulates {accelerator.gradient_accumulation_steps} "
+                         f"backward passes per step but a PPO epoch makes {n_micro}")
+
+    def backward(loss: Any) -> None:
+        if ds:
+            accelerator.backward(loss * n_micro)   # the engine divides by n_micro
+        elif accelerator is not None:
+            accelerator.backward(loss)
+        else:
+            loss.backward()
+
     if extra_loss is not None:
-        ctx = (accelerator.no_sync(model) if accelerator is not None
-               and accelerator.num_processes > 1 else contextlib.nullcontext())
+        ctx = (accelerator.accumulate(model) if ds else accelerator.no_sync(model)
+               if accelerator is not None and accelerator.num_processes > 1
+               else contextlib.nullcontext())
         with ctx:
             extra = extra_loss()
-            if accelerator is not None:
-                accelerator.backward(extra)
-            else:
-                extra.backward()
+            backward(extra)
         sums["extra"] = float(extra.detach())
-    starts = list(range(0, b, mb))
     for j, s in enumerate(starts):
         e = min(s + mb, b)
         last = j == len(starts) - 1
-        ctx = (accelerator.no_sync(model) if accelerator is not None and not last
-               else contextlib.nullcontext())
+        ctx = (accelerator.accumulate(model) if ds else accelerator.no_sync(model)
+               if accelerator is not None and not last else contextlib.nullcontext())
         with ctx:
             logprobs = sequence_logprobs(model, slice_batch(batch, s, e))
             m = mask[s:e]
             loss, st = clipped_surrogate_loss(logprobs, old_logprobs[s:e], advantages[s:e], m,
                                               clip_eps=clip_eps, reduction="sum")
             loss = loss * world_size / max(float(n_tokens_global), 1.0)
-            if accelerator is not None:
-                accelerator.backward(loss)
-            else:
-                loss.backward()
+            backward(loss)
         n_local = float(m.sum())
         sums["loss"] += float(loss.detach()) / world_size
         sums["clipped"] += float(st["clip_fraction"]) * n_local
         sums["approx_kl"] += float(st["approx_kl"]) * n_local
-    if max_grad_norm:
+    if max_grad_norm or ds:   # DeepSpeed clipped inside its step; this reads its norm
         clip = accelerator.clip_grad_norm_ if accelerator is not None else \
             torch.nn.utils.clip_grad_norm_
         norm = clip(params, max_grad_norm)
@@ -114,6 +129,15 @@ def ppo_epoch(model: Any, batch: dict, old_logprobs: Any, advantages: Any, mask:
         scheduler.step()
     optimizer.zero_grad()
     return sums
+
+
+def deepspeed_engine(accelerator: Any) -> bool:
+    """Whether ``accelerator`` runs a DeepSpeed engine (it steps inside ``backward``)."""
+    if accelerator is None:
+        return False
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
 def whitespace_token_ids(tokenizer: Any) -> list[int]:
@@ -146,8 +170,32 @@ def anchor_kl(model: Any, batch: dict, ref_logprobs: Any, skip_ids: Any = None) 
 
 
 @contextlib.contextmanager
-def dropout_off(model: Any, on: bool):
-    """Eval mode (no dropout) while ``on``: PPO forwards with r_t = 1 exactly on the first epoch."""
+def dropout_off(model: Any, on: bool, keep_train_mode: bool = False):
+    """No dropout while ``on``: PPO forwards with r_t = 1 exactly on the first epoch.
+
+    By eval mode; or, with ``keep_train_mode`` (gradient checkpointing, which transformers
+    applies only in train mode), by setting every dropout probability to 0 for the duration.
+    """
+    if on and keep_train_mode:
+        import torch
+
+        saved = []
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                saved.append((m, "p", m.p))
+                m.p = 0.0
+            if isinstance(getattr(m, "attention_dropout", None), float):
+                saved.append((m, "attention_dropout", m.attention_dropout))
+                m.attention_dropout = 0.0
+        was = model.training
+        model.train(True)
+        try:
+            yield
+        finally:
+            model.train(was)
+            for m, name, v in saved:
+                setattr(m, name, v)
+        return
     was = model.training
     model.train(not on)
     try:

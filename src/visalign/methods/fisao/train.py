@@ -20,8 +20,13 @@ from visalign.methods.fisao.prompts import (load_anchor_items, load_prompts, rol
                                                 sample_index)
 from visalign.methods.fisao.rollout import (load_calibrations, load_entities, score_rollout,
                                                 shaped_rewards, shuffled_rewards)
-from visalign.training import (TrainResult, latest_checkpoint, lr_lambda, prepare_model,
+from visalign.training import (TrainResult, check_memory_settings, check_resume,
+                               generation_model, is_sharded, latest_checkpoint, launched_engine,
+                               load_for_training, lr_lambda, make_accelerator, plain_init,
+                               prepare_model,
                                save_checkpoint, save_model, seed_everything)
+from visalign.training.tracking import (Throughput, end_tracking, start_tracking, track,
+                                        tracking_dir)
 
 
 def truncate_log(path: Path, step: int) -> None:
@@ -46,10 +51,8 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     ``verifier_share_of_rollout``, ``entities``, ``last``).
     """
     import torch
-    from accelerate import Accelerator
     from PIL import Image
 
-    from visalign.models import load_vlm
     from visalign.verifier.reward import adaptive_kl_coef
     from visalign.verifier.scorer import ClipScorer
     from visalign.verifier.tower import check_fisao_inputs, check_vision_tower
@@ -57,6 +60,11 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     if cfg.ppo_epochs < 1 or cfg.rollout_batch < 1:
         raise ValueError("ppo_epochs and rollout_batch must be >= 1")
     minibatch = effective_minibatch(cfg)
+    check_memory_settings(cfg)
+    if cfg.trainable != "lora" and is_sharded():
+        raise ValueError(f"FiSAO with trainable={cfg.trainable!r} keeps a full reference copy "
+                         f"of the policy, which {launched_engine()} would not shard: use "
+                         "trainable=lora (the reference is then the adapters switched off)")
     if cfg.kl_target > 0 and (cfg.xi <= 0 or cfg.kl_on == "none" or cfg.kl_horizon <= 0):
         raise ValueError("kl_target > 0 adapts ξ multiplicatively: it needs xi > 0, "
                          "kl_on other than 'none' and kl_horizon > 0")
@@ -66,7 +74,8 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     # every missing input in one line, and the verifier checked against the policy's vision
     # tower, before anything is written or loaded
     verifier = check_fisao_inputs(cfg.model, cfg.verifier, cfg.calibration, data=cfg.data)
-    check_vision_tower(verifier, cfg.model, allow_mismatch=cfg.allow_verifier_mismatch)
+    with plain_init():   # read whole, even after an earlier ZeRO-3 trainer in this process
+        check_vision_tower(verifier, cfg.model, allow_mismatch=cfg.allow_verifier_mismatch)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -74,15 +83,25 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     entities = load_entities(cfg)
     items = load_prompts(cfg, entities)
     anchor_items = load_anchor_items(cfg) if cfg.anchor_weight > 0 else None
-    acc = Accelerator(cpu=not torch.cuda.is_available())
+    # One optimiser step per PPO epoch: its backward passes are the rollout's slices plus the
+    # anchor term; DeepSpeed must know that count (it steps inside backward), the others step
+    # when ppo_epoch says so.
+    n_slices = math.ceil(cfg.rollout_batch / (minibatch or cfg.rollout_batch))
+    n_micro = n_slices + (1 if anchor_items is not None else 0)
+    acc = make_accelerator(grad_accum=n_micro if launched_engine() == "deepspeed" else 1,
+                           micro_batch=minibatch or cfg.rollout_batch,
+                           max_grad_norm=cfg.max_grad_norm, report_to=cfg.report_to,
+                           project_dir=str(tracking_dir(out)))
     if acc.is_main_process:
         save_run_config(cfg, out)
     if vlm is None:
-        vlm = load_vlm(cfg.model, dtype=cfg.dtype, device=str(acc.device))
+        # sharded engines place (and shard) the weights in prepare
+        vlm = load_for_training(cfg, device="cpu" if is_sharded() else str(acc.device))
     # the calibration says how its scores were computed; the rewards must use the same score
-    scorer = ClipScorer.from_pretrained(verifier, template=cfg.template or calib.template,
-                                        device=acc.device, pooling=calib.pooling,
-                                        patch_labels=calib.patch_labels or None)
+    with plain_init():   # the verifier is no part of the engine: never partitioned
+        scorer = ClipScorer.from_pretrained(verifier, template=cfg.template or calib.template,
+                                            device=acc.device, pooling=calib.pooling,
+                                            patch_labels=calib.patch_labels or None)
     for c in (calib, sent_calib):
         if c is not None and not math.isclose(c.scale, scorer.scale, rel_tol=1e-3):
             raise DataError(cfg.calibration, f"calibrated with score scale {c.scale:g} but the "
@@ -122,6 +141,8 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     # optimiser step (it assumes the data loader shrank), which would run the schedule N times
     # too fast here. It is registered so checkpoints still hold its state.
     model, opt = acc.prepare(model, opt)
+    # FSDP2 replaces the parameters by sharded ones: clip the ones the optimiser now holds
+    params = [p for p in model.parameters() if p.requires_grad]
     acc.register_for_checkpointing(sched)
     base = acc.unwrap_model(model)
     vlm.model = base
@@ -129,9 +150,16 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     state = {"step": 0, "samples": 0}
     ck = latest_checkpoint(out)
     if ck is not None:
+        saved = check_resume(acc, ck)
         acc.load_state(str(ck))
-        state.update(json.loads((ck / "trainer_state.json").read_text()))
+        state.update(saved)
         acc.print(f"[fisao] resumed from {ck} at rollout {state['step']}")
+    acc.print(f"[fisao] {launched_engine()}: {world} process(es) x rollout_batch "
+              f"{cfg.rollout_batch} = {per_rollout} prompts per rollout (global batch), "
+              f"{cfg.ppo_epochs} optimiser steps of {n_slices} accumulated slice(s) each; "
+              f"{n_rollouts} rollouts")
+    start_tracking(acc, cfg.report_to, "fisao", cfg)
+    speed = Throughput()
     if acc.is_main_process:
         for name in ("log.jsonl", "samples.jsonl"):
             truncate_log(out / name, state["step"])
@@ -163,9 +191,14 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
         images = [Image.open(it["image"]).convert("RGB") for it in mine]
         prompts = [it["prompt"] for it in mine]
         t0 = time.time()
-        ro = vlm.rollout(images, prompts, max_new_tokens=cfg.max_new_tokens, do_sample=True,
-                         temperature=cfg.temperature, top_p=cfg.top_p,
-                         seeds=[rollout_seed(cfg.seed, g) for g in g_ids])
+        # sharded weights are gathered once for the whole rollout (not per token), and no
+        # rank waits on another however long its responses are
+        with generation_model(acc, model) as gen_model:
+            vlm.model = gen_model
+            ro = vlm.rollout(images, prompts, max_new_tokens=cfg.max_new_tokens,
+                             do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                             seeds=[rollout_seed(cfg.seed, g) for g in g_ids])
+        vlm.model = base
         t1 = time.time()
         with torch.no_grad():
             sc = score_rollout(ro, images, scorer, entities, calib, cfg, sent_calib, oracle,
@@ -188,8 +221,10 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
         n_tok = float(mask.sum())
         local = torch.tensor([n_tok, float(len(mine)), float(sc.n_entities), float(sc.n_pos),
                               float(sc.n_neg), sc.reward_sum, float(kl.sum()),
-                              float(sum(ro.finished))], dtype=torch.float64, device=acc.device)
+                              float(sum(ro.finished)), float(batch["attention_mask"].sum())],
+                             dtype=torch.float64, device=acc.device)
         glob = acc.reduce(local, reduction="sum") if world > 1 else local
+        speed.add(float(glob[8]))   # sequence tokens of the rollout, all processes
         n_tok_global = float(glob[0])
         extra_loss = None
         if anchor_items is not None:
@@ -206,7 +241,8 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
                 return cfg.anchor_weight * anchor_kl(model, a_batch, a_ref, ws_ids)
         ep = {"loss": 0.0, "clipped": 0.0, "approx_kl": 0.0, "grad_norm": 0.0, "extra": 0.0}
         lr = sched.get_last_lr()[0]
-        with dropout_off(model, cfg.disable_dropout):
+        with dropout_off(model, cfg.disable_dropout,
+                         keep_train_mode=cfg.gradient_checkpointing or cfg.load_in_4bit):
             for _ in range(cfg.ppo_epochs):
                 st = ppo_epoch(model, batch, old, adv, mask, opt, clip_eps=cfg.clip_eps,
                                n_tokens_global=n_tok_global, world_size=world,
@@ -250,8 +286,11 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
         if bar:
             bar.update(1)
             bar.set_postfix(r=f"{stats['mean_reward']:+.3f}", neg=f"{stats['neg_share']:.2f}")
+        row = {"step": state["step"], **stats, **speed.row(acc.device),
+               "elapsed": round(time.time() - t_start, 2)}
         if log:
-            log.write({"step": state["step"], **stats, "elapsed": round(time.time() - t_start, 2)})
+            log.write(row)
+        track(acc, cfg.report_to, row, state["step"])
         if samples_log:
             for it, text, det in list(zip(mine, ro.texts, sc.details))[: cfg.log_samples]:
                 samples_log.write({"step": state["step"], "id": it["id"], "response": text,
@@ -265,14 +304,14 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
     if samples_log:
         samples_log.close()
     acc.wait_for_everyone()
-    model_dir = out / "model"
+    model_dir = save_model(vlm, cfg, out, acc, model)
     if acc.is_main_process:
-        model_dir = save_model(vlm, cfg, out)
         seconds = time.time() - t_start
         gen_and_verify = timings["rollout"] + timings["verifier"]
         write_json(out / "train_summary.json", {
             "name": "fisao", "steps": state["step"], "samples": state["samples"],
-            "processes": world, "seconds": round(seconds, 3),
+            "processes": world, "engine": launched_engine(), "global_batch": per_rollout,
+            "seconds": round(seconds, 3),
             "samples_per_second": round(state["samples"] / max(seconds, 1e-9), 3),
             "timings": {k: round(v, 3) for k, v in timings.items()},
             # Share of the rollout phase (sampling + scoring) spent in the verifier.
@@ -282,6 +321,7 @@ def train_fisao(cfg: FisaoConfig, vlm: Any = None) -> TrainResult:
             "calibration": {"mu_gt": calib.mu_gt, "mu_hal": calib.mu_hal,
                             "lam": calib.lam if cfg.lam is None else cfg.lam},
             "last": stats})
+    end_tracking(acc, cfg.report_to)
     acc.wait_for_everyone()
     return TrainResult(out, model_dir, state["step"], time.time() - t_start, state["samples"],
                        stats)
