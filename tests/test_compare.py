@@ -66,13 +66,17 @@ def test_compare_config_rejects_unknown_method(tmp_path):
 
 
 def test_demo_config_is_sized_and_overridable():
-    from visalign.compare import demo_config
+    from visalign.compare import METHODS, check_config, demo_config
 
     cfg = demo_config("somewhere", ["methods=[nsft,fisao]", "eval.n_images=10"])
     assert cfg.out == "somewhere" and cfg.methods == ["nsft", "fisao"]
     assert cfg.eval.n_images == 10 and cfg.world_preset == "small"
     full = demo_config("x")
-    assert {"nsft", "fisao"} <= set(full.methods) and len(full.methods) >= 4
+    assert full.methods == list(METHODS)                  # all seven, plus the base
+    # the one method run smaller than in the full grid says so in the report
+    assert set(full.method_notes) == {"sima"} and full.pairs["num_samples"] == 2
+    with pytest.raises(ValueError, match="unknown method"):
+        check_config(demo_config("x", ["method_notes={rlhf-v: x}"]))
 
 
 
@@ -160,7 +164,8 @@ def tiny_grid(tiny_world_dir, tiny_base_dir, tmp_path_factory):
     cfg = load_config(CompareConfig, ROOT / "configs" / "compare" / "tiny.yaml",
                       {"out": str(out), "world": str(tiny_world_dir),
                        "base_model": str(tiny_base_dir), "data_sizes": [8],
-                       "fisao_calibration": str(calib), "progress": False})
+                       "fisao_calibration": str(calib), "progress": False,
+                       "method_notes": {"sima": "two samples per image"}})
     return cfg, run_compare(cfg)
 
 
@@ -182,6 +187,7 @@ def test_tiny_grid_runs_every_method(tiny_grid):
     assert (out / "results.csv").exists() and (out / "figures" / "methods.png").exists()
     report = (out / "report.md").read_text()
     assert "figures/methods.png" in report
+    assert "NOTE sima: two samples per image" in report
     # every cell's CHAIR change against the base, with its interval, matches the rows
     deltas = {d["cell"]: d for d in saved["analysis"]["chair_vs_base"]}
     assert set(deltas) == {f"{m}-8" for m in METHODS}

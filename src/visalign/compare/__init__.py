@@ -6,7 +6,8 @@
 
 from visalign.compare.analysis import chair_vs_base, chair_vs_length_matched
 from visalign.compare.config import (DPO_METHODS, METHOD_TASKS, METHODS, PACKAGED,
-                                     CompareConfig, check_alignment_sizes, demo_config,
+                                     CompareConfig, check_alignment_sizes, check_config,
+                                     demo_config,
                                      grid_dirs)
 from visalign.compare.grid import run_compare
 from visalign.compare.methods import (CALIBRATION_FIGURES, alignment_image_ids, trainer_config,
@@ -14,5 +15,5 @@ from visalign.compare.methods import (CALIBRATION_FIGURES, alignment_image_ids, 
 
 __all__ = ["CALIBRATION_FIGURES", "DPO_METHODS", "METHODS", "METHOD_TASKS", "PACKAGED",
            "CompareConfig", "alignment_image_ids", "chair_vs_base", "chair_vs_length_matched",
-           "check_alignment_sizes", "demo_config", "grid_dirs", "run_compare", "trainer_config",
+           "check_alignment_sizes", "check_config", "demo_config", "grid_dirs", "run_compare", "trainer_config",
            "write_alignment_data"]

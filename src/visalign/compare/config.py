@@ -76,6 +76,9 @@ class CompareConfig:
     pairs: dict = field({}, help="overrides of the pair builders (PairsConfig)")
     method_overrides: dict = field({}, help="per-method trainer overrides, e.g. "
                                             "{seva: {lr: 1e-5}}")
+    method_notes: dict = field({}, help="per-method notes written beside the results in the "
+                                        "report, e.g. where a method runs smaller here than in "
+                                        "the full grid: {sima: 'two samples per image'}")
     workers: int = field(0, help="cells trained and evaluated at once, each in its own process "
                                  "(pinned to its share of the cores, or to one GPU each); 0 = "
                                  "automatic: one per GPU, else one per core; 1 = one after "
@@ -86,7 +89,8 @@ class CompareConfig:
 def check_config(cfg: CompareConfig) -> None:
     """Refuse unknown methods, a missing ``out`` and an incomplete real-data grid before any
     work (every missing setting named in one line)."""
-    unknown = [m for m in cfg.methods if m not in METHODS]
+    unknown = [m for m in [*cfg.methods, *cfg.method_overrides, *cfg.method_notes]
+               if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     missing = [] if cfg.out else ["out=DIR"]

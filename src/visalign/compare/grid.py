@@ -223,6 +223,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     write_results(rows, out, title="visalign comparison")
     notes = [f"FAILED {f['method']}-{f['data_size']}: {f['error']}" for f in failures]
     notes += [f"SKIPPED {k['method']}-{k['data_size']}: {k['reason']}" for k in skipped]
+    notes += [f"NOTE {m}: {text}" for m, text in cfg.method_notes.items() if m in cfg.methods]
     warnings = degeneration_notes(rows)
     for n in warnings:
         print(n, file=sys.stderr)
