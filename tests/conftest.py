@@ -124,3 +124,15 @@ def wordnet_available():
             "VISALIGN_WORDNET"):
         pytest.skip("no WordNet (Debian's wordnet-base, or $VISALIGN_WORDNET)")
     return True
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a loaded 2-core machine two threads mostly wait on each other."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

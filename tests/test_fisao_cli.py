@@ -23,13 +23,7 @@ TRAIN = ["rollout_batch=2", "max_new_tokens=10", "ppo_epochs=2", "max_steps=3", 
          "save_merged=false"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a loaded 2-core machine two threads mostly wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ from visalign.verifier.reward import Calibration
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a loaded 2-core machine two threads mostly wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 TIMEOUT = 300  # a safety net against hangs on a loaded machine, not a speed check
 
 # Token level: mu_gt + lam = .625, mu_hal - lam = .125 on S in [0, 1] (as test_verifier_reward).

@@ -26,12 +26,7 @@ COMMON = {"lr": LR, "warmup_ratio": 0.0, "schedule": "constant", "max_steps": 2,
           "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0, "progress": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _weights(d: Path) -> dict:
