@@ -317,6 +317,19 @@ def test_parallel_cells_give_the_sequential_rows(tiny_world_dir, tiny_base_dir, 
     assert rows[2] == rows[1]
 
 
+def test_sequential_cells_run_on_the_threads_asked_for():
+    import torch
+
+    from visalign.compare.grid import _torch_threads
+
+    before = torch.get_num_threads()
+    with _torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with _torch_threads(0):                  # 0: this process's own setting
+        assert torch.get_num_threads() == before
+
+
 def test_worker_plan_fits_the_machine():
     from visalign.compare.workers import cell_order, plan_workers
 
@@ -329,5 +342,9 @@ def test_worker_plan_fits_the_machine():
     assert (g.workers, g.gpus, g.threads) == (7, tuple(range(7)), 2)
     with pytest.raises(ValueError):
         plan_workers(-1, 3, n_gpus=0, cores=[0])
+    # a fixed thread count per cell, e.g. to reproduce a parallel run one cell at a time
+    assert plan_workers(0, 7, n_gpus=0, cores=[0, 1, 2, 3], threads=1).threads == 1
+    with pytest.raises(ValueError, match="threads"):
+        plan_workers(1, 3, n_gpus=0, cores=[0], threads=-1)
     assert cell_order([("cont-sft", 8), ("fisao", 8), ("nsft", 16)]) == \
         [("nsft", 16), ("fisao", 8), ("cont-sft", 8)]

@@ -83,6 +83,9 @@ class CompareConfig:
                                  "(pinned to its share of the cores, or to one GPU each); 0 = "
                                  "automatic: one per GPU, else one per core; 1 = one after "
                                  "another in this process")
+    threads: int = field(0, help="torch threads per cell on a CPU (0 = the cores divided among "
+                                 "the workers). FiSAO's sampled rollouts depend on it: run "
+                                 "workers=1 threads=1 to reproduce a 2-core parallel run's rows")
     progress: bool = field(True, help="progress bars and stage lines")
 
 

@@ -14,6 +14,7 @@ and Fig. 4 reward shift) and ``report.md`` embedding them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -163,6 +164,22 @@ def cell_runner(grid: Grid, st: StageTimer) -> Callable[[str, int], dict]:
     return run
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """``n`` > 0: torch runs this process's cells on ``n`` threads (as a worker would)."""
+    if n <= 0:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_compare(cfg: CompareConfig) -> dict:
     """Run (or resume) the grid; returns the ``results.json`` content."""
     from visalign.compare.workers import plan_workers, run_cells_parallel
@@ -194,14 +211,15 @@ def run_compare(cfg: CompareConfig) -> dict:
     cells = grid.cells()
     todo = [c for c in cells
             if not (out / "cells" / f"{c[0]}-{c[1]}" / "row.json").exists()]
-    placement = plan_workers(cfg.workers, len(todo))
+    placement = plan_workers(cfg.workers, len(todo), threads=cfg.threads)
     by_cell: dict[tuple[str, int], dict] = {}
     if placement.workers > 1:
         by_cell, times = run_cells_parallel(cfg, todo, placement, cfg.progress)
         st.times.update(times)
         write_json(st.path, st.times)
     run = cell_runner(grid, st)
-    rows += [by_cell[c] if c in by_cell else run(*c) for c in cells]
+    with _torch_threads(cfg.threads):
+        rows += [by_cell[c] if c in by_cell else run(*c) for c in cells]
 
     # table, figures, report (failed cells are listed, not tabled; a re-run retries them)
     failures = [r for r in rows if "error" in r]

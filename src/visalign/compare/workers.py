@@ -42,14 +42,17 @@ def available_cores() -> list[int]:
 
 
 def plan_workers(requested: int, n_cells: int, n_gpus: int | None = None,
-                 cores: list[int] | None = None) -> Placement:
+                 cores: list[int] | None = None, threads: int = 0) -> Placement:
     """How many workers to run and where. ``requested`` 0 = automatic: one per GPU on a GPU
-    node, else one per core (single-threaded workers); never more workers than cells."""
+    node, else one per core (single-threaded workers); never more workers than cells.
+    ``threads`` > 0 fixes the torch threads per worker on a CPU (else its share of the cores)."""
     if n_gpus is None:
         n_gpus = _cuda_devices()
     cores = cores if cores is not None else available_cores()
     if requested < 0:
         raise ValueError(f"workers must be >= 0, got {requested}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
     if n_gpus:
         n = min(requested or n_gpus, n_gpus, max(1, n_cells))
         per = max(1, len(cores) // n)
@@ -57,7 +60,7 @@ def plan_workers(requested: int, n_cells: int, n_gpus: int | None = None,
                          tuple(range(n)))
     n = min(requested or len(cores), max(1, n_cells))
     n = max(1, n)
-    per = max(1, len(cores) // n)
+    per = threads or max(1, len(cores) // n)
     shares = tuple(tuple(cores[(i * per) % len(cores):(i * per) % len(cores) + per])
                    for i in range(n))
     return Placement(n, per, shares)
