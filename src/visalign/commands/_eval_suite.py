@@ -34,8 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--chair-images", default="chair-500",
                    help="chair-500 (less-is-more's list, default) or val2014:N (seeded sample)")
     s.add_argument("--chair-seed", type=int, default=0, help="seed of val2014:N")
-    s.add_argument("--chair-variant", choices=["reference", "lemma"], default="reference",
-                   help="reference chair.py, or lemma: OPERA / less-is-more / PAI")
+    s.add_argument("--chair-variant", choices=["reference", "lemma", "pattern"],
+                   default="reference",
+                   help="reference chair.py's semantics, pattern: chair.py exactly (Pattern's "
+                        "singular forms), or lemma: OPERA / less-is-more / PAI")
     s.add_argument("--pope-parser", choices=["llava", "lmms"], default="llava",
                    help="llava: eval_pope.py (default); lmms: lmms-eval's exact match")
     s.add_argument("--objhal-mode", choices=["judge", "words"], default="judge",

@@ -29,6 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "ground truth (as in the reference CHAIR)")
     c.add_argument("--synonyms", default=None,
                    help="synonym table (default: the packaged 80-category COCO table)")
+    c.add_argument("--variant", choices=["reference", "lemma", "pattern"], default="reference",
+                   help="reference: chair.py's semantics with inflect's singular forms (default); "
+                        "pattern: chair.py exactly, Pattern's singular forms and NLTK's tokenizer "
+                        "(packaged table only); lemma: OPERA / less-is-more / PAI")
     c.add_argument("--out", required=True, help="result JSON path")
     c.add_argument("--no-cache", action="store_true",
                    help="parse the annotation files every time (default: reuse their parsed "
@@ -101,16 +105,22 @@ def _print(result: dict, title: str, paths: tuple) -> None:
 
 def _chair(args: argparse.Namespace) -> int:
     from visalign.eval.captions import load_captions
-    from visalign.eval.chair import Chair, load_synonyms
+    from visalign.eval.chair import load_synonyms
+    from visalign.eval.chair_lemma import chair_evaluator
     from visalign.report import write_result
 
-    synonyms = load_synonyms(args.synonyms)
+    if args.variant == "pattern" and args.synonyms:
+        raise ValueError("--variant pattern matches the packaged COCO table only: drop "
+                         "--synonyms")
+    synonyms = None if args.variant == "pattern" else load_synonyms(args.synonyms)
+    cls = type(chair_evaluator(args.variant, synonyms))
     cache = False if args.no_cache else (args.cache_dir or True)
-    chair = Chair.from_coco(args.instances, args.coco_captions, synonyms, cache=cache)
+    chair = cls.from_coco(args.instances, args.coco_captions, synonyms, cache=cache)
     result = chair.evaluate(load_captions(args.captions), path=args.captions)
     result["inputs"] = {"captions": args.captions, "instances": args.instances,
                         "coco_captions": args.coco_captions,
                         "synonyms": args.synonyms or "packaged COCO table",
+                        "variant": args.variant,
                         "index_cache": str(chair.index_path) if chair.index_path else None}
     notes = [] if args.coco_captions else [
         "ground truth from instances only (no --coco-captions): the reference CHAIR also "

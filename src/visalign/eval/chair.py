@@ -48,7 +48,8 @@ from typing import Any, Iterable, Mapping, NamedTuple
 from visalign.data.coco import coco_json, norm_image_id
 from visalign.io import DataError
 
-__all__ = ["Mention", "Chair", "load_synonyms", "caption_text"]
+__all__ = ["Mention", "Chair", "load_synonyms", "caption_text", "reference_double_words",
+           "REFERENCE_UNMATCHABLE"]
 
 # Letters/digits runs; hyphenated compounds stay one token (as nltk.word_tokenize keeps them).
 # ``[^\W_]`` = a word character that is not "_": Unicode letters and digits.
@@ -67,6 +68,27 @@ _ANIMAL_WORDS = ["bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bea
                  "giraffe", "animal", "cub"]
 # 'passenger jet' is a jet, not a (human) passenger.
 _VEHICLE_WORDS = ["jet", "train"]
+
+#: Entries of the reference's synonym table that its ``line.strip().split(', ')`` parsing leaves
+#: unmatchable (double-spaced " motor bike" and " cheesecake", capitalised "iPhone").
+REFERENCE_UNMATCHABLE = ("motor bike", "cheesecake", "iphone")
+
+
+def reference_double_words() -> dict[str, str]:
+    """The reference's two-word merges, as it builds them: its double words (each to itself),
+    "baby/adult <animal>" -> the animal, "passenger jet/train" -> jet/train, "bow tie" -> tie,
+    "toilet seat" -> toilet and "wine glas" (Pattern's singular of "wine glass") -> wine glass."""
+    pairs = {dw: dw for dw in _REFERENCE_DOUBLE_WORDS}
+    for a in _ANIMAL_WORDS:
+        pairs[f"baby {a}"] = a
+        pairs[f"adult {a}"] = a
+    for v in _VEHICLE_WORDS:
+        pairs[f"passenger {v}"] = v
+    pairs["bow tie"] = "tie"
+    pairs["toilet seat"] = "toilet"
+    pairs["wine glas"] = "wine glass"
+    return pairs
+
 
 # Common non-nouns ending in "s" that inflect would wrongly singularise ("this" -> "thi").
 _NEVER_SINGULARISE = frozenset(

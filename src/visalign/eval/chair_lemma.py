@@ -36,20 +36,21 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from visalign.eval.chair import (_ANIMAL_WORDS, _REFERENCE_DOUBLE_WORDS, _VEHICLE_WORDS, Chair,
-                                  Mention)
+from visalign.eval.chair import (REFERENCE_UNMATCHABLE, Chair, Mention,
+                                  reference_double_words)
 from visalign.eval.nltk_data import (TAGGER, TOKENIZER, Lemmatizer, pos_tag, require_nltk,
                                      word_tokenize, wordnet_pos)
 
 __all__ = ["ChairLemma", "CHAIR_VARIANTS", "chair_evaluator", "coco_image_id"]
 
-#: Entries of the reference table that its ``split(', ')`` parsing leaves unmatchable.
-_UNMATCHABLE = ("motor bike", "cheesecake", "iphone")
+_UNMATCHABLE = REFERENCE_UNMATCHABLE
 
 #: ``variant`` name -> what the result says about it.
 CHAIR_VARIANTS = {
     "reference": "reference chair.py (LisaAnne/Hallucination; singular forms, visalign.eval.chair)",
     "lemma": "OPERA / less-is-more / PAI chair.py (NLTK POS tags + WordNet lemmas)",
+    "pattern": "reference chair.py exactly (NLTK tokenizer, Pattern's singular forms, "
+               "visalign.eval.chair_pattern)",
 }
 
 _IMAGE_ID_RE = re.compile(r"(\d+)(?:\.\w+)?$")
@@ -76,15 +77,7 @@ class ChairLemma(Chair):
         if synonyms is None:
             for w in _UNMATCHABLE:
                 self.word_to_category.pop(w, None)
-        pairs: dict[str, str] = {dw: dw for dw in _REFERENCE_DOUBLE_WORDS}
-        for a in _ANIMAL_WORDS:
-            pairs[f"baby {a}"] = a
-            pairs[f"adult {a}"] = a
-        for v in _VEHICLE_WORDS:
-            pairs[f"passenger {v}"] = v
-        pairs["bow tie"] = "tie"
-        pairs["toilet seat"] = "toilet"
-        pairs["wine glas"] = "wine glass"
+        pairs = reference_double_words()
         if synonyms is not None:
             for w in self.word_to_category:
                 if len(w.split()) == 2:
@@ -143,10 +136,14 @@ def _spans(text: str, tokens: list[str]) -> list[tuple[int, int]]:
 
 
 def chair_evaluator(variant: str, synonyms: list[list[str]] | None = None) -> Chair:
-    """An empty evaluator of ``variant`` ("reference" or "lemma") to fill with ground truth."""
+    """An empty evaluator of ``variant`` (:data:`CHAIR_VARIANTS`) to fill with ground truth."""
     if variant == "reference":
         return Chair(synonyms)
     if variant == "lemma":
         return ChairLemma(synonyms)
+    if variant == "pattern":
+        from visalign.eval.chair_pattern import ChairPattern
+
+        return ChairPattern(synonyms)
     raise ValueError(f"unknown CHAIR variant {variant!r}; choose one of "
                      f"{', '.join(CHAIR_VARIANTS)}")

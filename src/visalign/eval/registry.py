@@ -40,7 +40,8 @@ class SuiteData:
     chair_images: str = field("chair-500", help="chair-500 (less-is-more's list) or val2014:N "
                                                 "(a seeded sample of N val2014 images)")
     chair_seed: int = field(0, help="seed of the val2014:N sample")
-    chair_variant: str = field("reference", help="reference (chair.py) or lemma (OPERA / "
+    chair_variant: str = field("reference", help="reference (chair.py's semantics), pattern "
+                                                 "(chair.py exactly) or lemma (OPERA / "
                                                  "less-is-more / PAI)")
     chair_caption_metrics: bool = field(True, help="also score the CHAIR descriptions with "
                                                    "BLEU/ROUGE-L/CIDEr against COCO's captions")

@@ -1,0 +1,111 @@
+"""CHAIR exactly as the reference chair.py computes it, with Pattern's singular forms.
+
+The reference (LisaAnne/Hallucination ``utils/chair.py``; Maxlinn's Python 3 standalone copy,
+which adds the "train track" double word) lower-cases a caption, splits it with
+``nltk.word_tokenize``, singularises every token with ``pattern.en.singularize``, merges pairs of
+tokens in one left-to-right pass with its hard-coded double words, drops "seat" when "toilet"
+occurs, and counts every remaining token that is an entry of its synonym table, read with
+``line.strip().split(', ')``. :class:`visalign.eval.chair.Chair` departs from it on purpose
+(inflect's singular forms, table words never singularised, stripped entries, multi-word terms
+merged longest first); this variant does not.
+
+Pattern's quirks therefore hold here: "bus" becomes "bu" and is never an object ("buses" is a
+bus), "ties" becomes "ty", "glass" becomes "glas" (hence the reference's "wine glas" rule), and the
+table's double-spaced " motor bike" and " cheesecake" and capitalised "iPhone" never match.
+
+Pattern is not a dependency: its singular forms come from a packaged table
+(``resources/chair/pattern_singular.json``, written by ``scripts/make_pattern_singular_table.py``
+from Pattern's own ``singularize``) of every token whose Pattern singular is, or which itself
+is, a word the reference can match, out of those words' inflections and every WordNet noun with
+its plurals. A token outside the table matches nothing, as under Pattern for that vocabulary.
+Needs NLTK's ``punkt_tab`` (the reference's tokenizer).
+
+Ground truth, CHAIR_s, CHAIR_i and recall are :class:`~visalign.eval.chair.Chair`'s (COCO 2014
+train + val instances and the objects their human captions mention, read the same way);
+``avg_len`` counts tokens after merging, punctuation included.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from importlib import resources
+from typing import Any
+
+from visalign.eval.chair import (REFERENCE_UNMATCHABLE, Chair, Mention, load_synonyms,
+                                  reference_double_words)
+from visalign.eval.nltk_data import TOKENIZER, require_nltk, word_tokenize
+
+__all__ = ["ChairPattern", "pattern_singular_table", "reference_pairs", "reference_synonyms"]
+
+
+def reference_synonyms() -> list[list[str]]:
+    """The packaged COCO table as the reference matches it (its unmatchable entries left out)."""
+    return [[w for w in line if w not in REFERENCE_UNMATCHABLE] for line in load_synonyms(None)]
+
+
+def reference_pairs() -> dict[str, str]:
+    """The reference's two-word merges (:func:`visalign.eval.chair.reference_double_words`)."""
+    return reference_double_words()
+
+
+@functools.lru_cache(maxsize=1)
+def pattern_singular_table() -> tuple[dict[str, str], str]:
+    """(token -> Pattern's singular, sha256 of the table file)."""
+    raw = (resources.files("visalign") / "resources" / "chair" /
+           "pattern_singular.json").read_bytes()
+    return json.loads(raw)["singular"], hashlib.sha256(raw).hexdigest()
+
+
+class ChairPattern(Chair):
+    """CHAIR with the reference's tokenizer, Pattern's singular forms and its table reading
+    (module docstring). Only the packaged COCO table: Pattern's table covers its words."""
+
+    variant = "pattern"
+
+    def __init__(self, synonyms: list[list[str]] | None = None):
+        if synonyms is not None:
+            raise ValueError("the pattern CHAIR variant matches the packaged COCO table only "
+                             "(its singular forms are tabled for those words)")
+        super().__init__(None)
+        for w in REFERENCE_UNMATCHABLE:
+            self.word_to_category.pop(w, None)
+        self._pairs = reference_pairs()
+        self._pattern, self._table_sha = pattern_singular_table()
+        require_nltk(TOKENIZER)
+
+    def _index_rules(self) -> dict:
+        # cacheable: the ground truth depends on the table and the tokenizer, both named here
+        return {**super()._index_rules(), "variant": self.variant,
+                "pattern_table": self._table_sha}
+
+    def _mentions_and_len(self, caption: str) -> tuple[list[Mention], int]:
+        from visalign.eval.chair_lemma import _spans
+
+        low = caption.lower()
+        tokens = word_tokenize(low)
+        table = self._pattern
+        # a token outside the table is nothing the reference could match
+        words = [table.get(t, t) for t in tokens]
+        spans = _spans(low, tokens)
+        merged: list[tuple[str, int, int]] = []
+        i, pairs = 0, self._pairs
+        while i < len(words):
+            target = pairs.get(f"{words[i]} {words[i + 1]}") if i + 1 < len(words) else None
+            if target is not None:
+                merged.append((target, spans[i][0], spans[i + 1][1]))
+                i += 2
+            else:
+                merged.append((words[i], *spans[i]))
+                i += 1
+        kept = merged
+        if any(w == "toilet" for w, _, _ in merged) and any(w == "seat" for w, _, _ in merged):
+            kept = [t for t in merged if t[0] != "seat"]
+        w2c = self.word_to_category
+        return [Mention(w, w2c[w], s, e) for w, s, e in kept if w in w2c], len(merged)
+
+    def evaluate(self, records, *, path: Any = None) -> dict:
+        result = super().evaluate(records, path=path)
+        result["variant"] = self.variant
+        return result
