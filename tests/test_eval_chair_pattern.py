@@ -54,8 +54,11 @@ def test_spans_point_into_the_caption(chair):
 def test_every_matchable_word_is_in_the_table():
     """A token outside the table is treated as matching nothing, so every word the reference
     can match must be tabled (with Pattern's singular, which may differ: bus -> bu)."""
-    from visalign.eval.chair_pattern import (pattern_singular_table, reference_pairs,
-                                             reference_synonyms)
+    from visalign.eval.chair_pattern import (
+        pattern_singular_table,
+        reference_pairs,
+        reference_synonyms,
+    )
 
     table, _ = pattern_singular_table()
     words = {w for line in reference_synonyms() for w in line if " " not in w}
@@ -93,3 +96,23 @@ def test_cli_pattern_variant_scores_caches_and_refuses_custom_tables(nltk_tagger
                str(tmp_path / "caps.jsonl"), "--instances", str(tmp_path / "inst.json"),
                "--synonyms", str(tmp_path / "inst.json"), "--out", str(tmp_path / "x.json")])
     assert rc != 0 and "packaged COCO table" in capsys.readouterr().err
+
+
+TRICKY = ['He said "hello" (twice) -- and left... didn\'t he?', "can't won't 'tis gonna",
+          "The U.S. dog's bowl: 3,000 items; 4:30 pm!", "«quoted» “curly” ‘single’ end.",
+          "a cat.\nA dog .  two buses.", "e.g. a man's hat, i.e. mine.",
+          "''double'' `back` [brackets] {braces} <angle>", "x--y —dash– ok", "wait... what?!",
+          "teachers' lounge and dogs' toys.", "CANNOT Gimme 'Twas WANNA go",
+          "'tis the dog’s “best” day", '"Quote at start." she said', "a\tb\u00a0c  d",
+          "it's 5 o'clock; rock 'n' roll", "Two dogs* & cats @ home #1 $5 100% 3.5."]
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_word_tokens_are_nltk_word_tokenize(nltk_tagger_data, text):
+    """The variant's tokenizer skips NLTK steps that cannot match; the tokens stay NLTK's."""
+    import nltk
+
+    from visalign.eval.chair_pattern import word_tokens
+
+    assert word_tokens(text) == nltk.word_tokenize(text)
+    assert word_tokens(text.lower()) == nltk.word_tokenize(text.lower())
