@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from visalign.eval.chair import load_synonyms
-from visalign.eval.chair_lemma import chair_evaluator
+from visalign.eval.chair_lemma import chair_class
 
 FILLER = ("a an the of on in at with and near next to is are sitting standing while its his "
           "her their some two three several large small red blue green white black wooden "
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         gen.write_text("".join(json.dumps(r) + "\n" for r in records))
         gen_other.write_text("".join(json.dumps(r) + "\n" for r in other))
         t = time.perf_counter()
-        chair = type(chair_evaluator(args.variant)).from_coco(ipath, cpath)
+        chair = chair_class(args.variant).from_coco(ipath, cpath)
         load_s = time.perf_counter() - t
         t = time.perf_counter()
         res = chair.evaluate(records)

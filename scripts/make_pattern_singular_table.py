@@ -62,17 +62,6 @@ def load_pattern_singularize(path: Path):
     return mod.singularize
 
 
-def matchable_words() -> set[str]:
-    """The single words the reference chair.py can match: single-word synonyms of its table
-    (read as it reads it), the words of its double words, and the toilet-seat rule's words."""
-    from visalign.eval.chair_pattern import reference_pairs, reference_synonyms
-
-    words = {w for line in reference_synonyms() for w in line if " " not in w}
-    for key in reference_pairs():
-        words.update(key.split())
-    return words | {"toilet", "seat"}
-
-
 def vocabulary(words: set[str], wordnet: Path | None) -> set[str]:
     import inflect
 
@@ -109,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "pattern_singular.json")
     args = ap.parse_args(argv)
     singularize = load_pattern_singularize(args.pattern_inflect)
+    from visalign.eval.chair_pattern import matchable_words
+
     words = matchable_words()
     vocab = vocabulary(words, args.wordnet)
     table = {}

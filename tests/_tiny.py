@@ -505,3 +505,15 @@ def build_real_grid_data(tmp_path: Path, n_train: int = 28, n_val: int = 10,
     instruct = Path(tmp_path) / "llava_instruct_150k.json"
     instruct.write_text(json.dumps(recs, indent=1) + "\n")
     return root, instruct
+
+
+def write_calibration(verifier: Path, path: Path) -> float:
+    """A token-level FiSAO calibration on ``verifier``'s score scale at ``path`` (a random tiny
+    model names too few objects to calibrate on; a real one does); returns the scale."""
+    from visalign.verifier.reward import Calibration
+    from visalign.verifier.scorer import ClipScorer
+
+    scale = ClipScorer.from_pretrained(str(verifier)).scale
+    Calibration(mu_gt=0.3 * scale, mu_hal=0.1 * scale, s_min=-scale, s_max=scale,
+                scale=scale).to_json(path)
+    return scale

@@ -140,20 +140,17 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_grid(tiny_world_dir, tiny_base_dir, tmp_path_factory):
+    from _tiny import write_calibration
+
     from visalign.compare import CompareConfig, run_compare
     from visalign.config import load_config
-
     from visalign.verifier.reward import Calibration
 
     out = tmp_path_factory.mktemp("grid") / "grid"
     # The tiny base names too few objects to calibrate its verifier on (the small preset does:
     # see benchmarks); FiSAO here runs on a given calibration, as `fisao_calibration=` allows.
     calib = out.parent / "calibration.json"
-    from visalign.verifier.scorer import ClipScorer
-
-    scale = ClipScorer.from_pretrained(str(tiny_base_dir / "verifier")).scale
-    Calibration(mu_gt=0.3 * scale, mu_hal=0.1 * scale, s_min=-scale, s_max=scale,
-                scale=scale).to_json(calib)
+    scale = write_calibration(tiny_base_dir / "verifier", calib)
     # a sentence-level sibling, which a reward_level=sentence run looks for next to it
     Calibration(mu_gt=0.2 * scale, mu_hal=0.0, s_min=-scale, s_max=scale, scale=scale,
                 level="sentence").to_json(out.parent / "calibration_sentence.json")

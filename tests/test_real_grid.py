@@ -15,28 +15,17 @@ SMALL = ["data_sizes=[16]", "calibration_images=8", "eval.n_images=8", "eval.pop
          "eval.max_new_tokens=16"]
 
 
-def _calibration(verifier: Path, out: Path) -> Path:
-    """A calibration for the verifier's score scale (a random tiny model names too few COCO
-    objects to calibrate on; a real llava-1.5 does: the grid then calibrates itself)."""
-    from visalign.verifier.reward import Calibration
-    from visalign.verifier.scorer import ClipScorer
-
-    scale = ClipScorer.from_pretrained(str(verifier)).scale
-    path = out / "calibration.json"
-    Calibration(mu_gt=0.3 * scale, mu_hal=0.1 * scale, s_min=-scale, s_max=scale,
-                scale=scale).to_json(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def real_grid(tmp_path_factory, llava15_hf_dir, openai_clip_dir):
-    from _tiny import build_real_grid_data
+    from _tiny import build_real_grid_data, write_calibration
 
     from visalign.cli import main
 
     tmp = tmp_path_factory.mktemp("real_grid")
     coco, instruct = build_real_grid_data(tmp)
-    calib = _calibration(openai_clip_dir, tmp)
+    calib = tmp / "calibration.json"
+    # a random tiny model names too few COCO objects to calibrate on: the grid takes a given one
+    write_calibration(openai_clip_dir, calib)
     out = tmp / "out"
     argv = ["compare", "--config", str(CONFIG), f"base_model={llava15_hf_dir}",
             f"verifier={openai_clip_dir}", f"coco={coco}", f"instruct={instruct}",

@@ -54,15 +54,11 @@ def pair_file(tmp_path_factory, coco_root):
 
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory, openai_clip_dir):
-    """A calibration on the verifier's score scale (a random tiny model names too few COCO
-    objects to calibrate on)."""
-    from visalign.verifier.reward import Calibration
-    from visalign.verifier.scorer import ClipScorer
+    """A calibration on the verifier's score scale."""
+    from _tiny import write_calibration
 
-    scale = ClipScorer.from_pretrained(str(openai_clip_dir)).scale
     path = tmp_path_factory.mktemp("recipe_calib") / "calibration.json"
-    Calibration(mu_gt=0.3 * scale, mu_hal=0.1 * scale, s_min=-scale, s_max=scale,
-                scale=scale).to_json(path)
+    write_calibration(openai_clip_dir, path)
     return path
 
 

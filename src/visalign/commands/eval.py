@@ -106,14 +106,14 @@ def _print(result: dict, title: str, paths: tuple) -> None:
 def _chair(args: argparse.Namespace) -> int:
     from visalign.eval.captions import load_captions
     from visalign.eval.chair import load_synonyms
-    from visalign.eval.chair_lemma import chair_evaluator
+    from visalign.eval.chair_lemma import chair_class
     from visalign.report import write_result
 
     if args.variant == "pattern" and args.synonyms:
         raise ValueError("--variant pattern matches the packaged COCO table only: drop "
                          "--synonyms")
     synonyms = None if args.variant == "pattern" else load_synonyms(args.synonyms)
-    cls = type(chair_evaluator(args.variant, synonyms))
+    cls = chair_class(args.variant)
     cache = False if args.no_cache else (args.cache_dir or True)
     chair = cls.from_coco(args.instances, args.coco_captions, synonyms, cache=cache)
     result = chair.evaluate(load_captions(args.captions), path=args.captions)

@@ -171,7 +171,7 @@ def _spacy_test(nlp, threshold: float) -> Callable[[str, str], bool]:
 
     def test(a: str, b: str) -> bool:
         with warnings.catch_warnings():
-            # spaCy warns (W008) when a word has no vector and returns 0.0; inference.py
+            # spaCy warns when a word has no vector and returns 0.0; inference.py
             # silences UserWarning too
             warnings.simplefilter("ignore", UserWarning)
             return doc(a).similarity(doc(b)) > threshold

@@ -82,12 +82,12 @@ class ChairBenchmark:
 
     def score(self, prompts: list[dict], answers: dict[str, str], data: SuiteData,
               out: Path) -> dict:
-        from visalign.eval.chair_lemma import CHAIR_VARIANTS, chair_evaluator
+        from visalign.eval.chair_lemma import CHAIR_VARIANTS, chair_class
         from visalign.data.coco import CocoRoot
 
         ids = [p["image_id"] for p in prompts]
         inst, caps = CocoRoot(data.path("coco_root", "CHAIR")).merged(image_ids=ids)
-        chair = type(chair_evaluator(data.chair_variant)).from_coco(inst, caps)
+        chair = chair_class(data.chair_variant).from_coco(inst, caps)
         res = chair.evaluate([{"id": p["id"], "image_id": p["image_id"],
                                "caption": answers[p["id"]]} for p in prompts],
                              path="CHAIR answers")

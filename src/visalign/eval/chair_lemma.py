@@ -41,7 +41,7 @@ from visalign.eval.chair import (REFERENCE_UNMATCHABLE, Chair, Mention,
 from visalign.eval.nltk_data import (TAGGER, TOKENIZER, Lemmatizer, pos_tag, require_nltk,
                                      word_tokenize, wordnet_pos)
 
-__all__ = ["ChairLemma", "CHAIR_VARIANTS", "chair_evaluator", "coco_image_id"]
+__all__ = ["ChairLemma", "CHAIR_VARIANTS", "chair_class", "coco_image_id", "reference_mentions"]
 
 _UNMATCHABLE = REFERENCE_UNMATCHABLE
 
@@ -83,6 +83,7 @@ class ChairLemma(Chair):
                 if len(w.split()) == 2:
                     pairs.setdefault(w, w)
         self._pairs = pairs
+        self._pair_firsts = {k.split()[0] for k in pairs}
         require_nltk(TOKENIZER, TAGGER)
         self._lemma = Lemmatizer(wordnet_root)
 
@@ -91,24 +92,8 @@ class ChairLemma(Chair):
         tokens = word_tokenize(low)
         lemma = self._lemma
         lemmas = [lemma(w, wordnet_pos(t)) for w, t in pos_tag(tokens)]
-        spans = _spans(low, tokens)
-        words: list[tuple[str, int, int]] = []
-        i, pairs = 0, self._pairs
-        while i < len(lemmas):
-            if i + 1 < len(lemmas):
-                target = pairs.get(f"{lemmas[i]} {lemmas[i + 1]}")
-                if target is not None:
-                    words.append((target, spans[i][0], spans[i + 1][1]))
-                    i += 2
-                    continue
-            words.append((lemmas[i], *spans[i]))
-            i += 1
-        if any(w == "toilet" for w, _, _ in words):
-            words_kept = [t for t in words if t[0] != "seat"]
-        else:
-            words_kept = words
-        w2c = self.word_to_category
-        return ([Mention(w, w2c[w], s, e) for w, s, e in words_kept if w in w2c], len(words))
+        return reference_mentions(lemmas, _spans(low, tokens), self._pairs, self._pair_firsts,
+                                  self.word_to_category)
 
     def evaluate(self, records, *, path: Any = None) -> dict:
         recs = []
@@ -135,15 +120,39 @@ def _spans(text: str, tokens: list[str]) -> list[tuple[int, int]]:
     return out
 
 
-def chair_evaluator(variant: str, synonyms: list[list[str]] | None = None) -> Chair:
-    """An empty evaluator of ``variant`` (:data:`CHAIR_VARIANTS`) to fill with ground truth."""
+def reference_mentions(words: list[str], spans: list[tuple[int, int]], pairs: dict[str, str],
+                       firsts: set[str], w2c: dict[str, str]) -> tuple[list[Mention], int]:
+    """The reference's last steps over a caption's normalised tokens (lemmas or singular forms)
+    and their spans: one left-to-right pass merging ``pairs`` (``firsts``: their first words),
+    "seat" dropped when "toilet" occurs, then every word of the table (``w2c``) a mention.
+    Also returns the number of words after merging (the reference's ``Len``)."""
+    merged: list[tuple[str, int, int]] = []
+    i, n = 0, len(words)
+    while i < n:
+        target = (pairs.get(f"{words[i]} {words[i + 1]}")
+                  if i + 1 < n and words[i] in firsts else None)
+        if target is not None:
+            merged.append((target, spans[i][0], spans[i + 1][1]))
+            i += 2
+        else:
+            merged.append((words[i], *spans[i]))
+            i += 1
+    kept = merged
+    if any(w == "toilet" for w, _, _ in merged):
+        kept = [t for t in merged if t[0] != "seat"]
+    return [Mention(w, w2c[w], s, e) for w, s, e in kept if w in w2c], len(merged)
+
+
+def chair_class(variant: str) -> type[Chair]:
+    """The evaluator class of ``variant`` (:data:`CHAIR_VARIANTS`); fill it with ground truth
+    through its ``from_coco`` / ``from_annotations``."""
     if variant == "reference":
-        return Chair(synonyms)
+        return Chair
     if variant == "lemma":
-        return ChairLemma(synonyms)
+        return ChairLemma
     if variant == "pattern":
         from visalign.eval.chair_pattern import ChairPattern
 
-        return ChairPattern(synonyms)
+        return ChairPattern
     raise ValueError(f"unknown CHAIR variant {variant!r}; choose one of "
                      f"{', '.join(CHAIR_VARIANTS)}")

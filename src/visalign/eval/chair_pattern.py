@@ -43,7 +43,7 @@ from visalign.eval.chair import (
 )
 from visalign.eval.nltk_data import TOKENIZER, require_nltk
 
-__all__ = ["ChairPattern", "pattern_singular_table", "reference_pairs", "reference_synonyms",
+__all__ = ["ChairPattern", "matchable_words", "pattern_singular_table", "reference_synonyms",
            "word_tokens"]
 
 
@@ -52,9 +52,13 @@ def reference_synonyms() -> list[list[str]]:
     return [[w for w in line if w not in REFERENCE_UNMATCHABLE] for line in load_synonyms(None)]
 
 
-def reference_pairs() -> dict[str, str]:
-    """The reference's two-word merges (:func:`visalign.eval.chair.reference_double_words`)."""
-    return reference_double_words()
+def matchable_words() -> set[str]:
+    """The single words the reference can match: single-word synonyms of its table (read as it
+    reads it), the words of its double words, and the toilet-seat rule's words."""
+    words = {w for line in reference_synonyms() for w in line if " " not in w}
+    for key in reference_double_words():
+        words.update(key.split())
+    return words | {"toilet", "seat"}
 
 
 # What each of NLTK's word-tokenizer patterns needs in a sentence to match at all (a character
@@ -173,7 +177,7 @@ class ChairPattern(Chair):
         super().__init__(None)
         for w in REFERENCE_UNMATCHABLE:
             self.word_to_category.pop(w, None)
-        self._pairs = reference_pairs()
+        self._pairs = reference_double_words()
         self._pair_firsts = {k.split()[0] for k in self._pairs}
         self._pattern, self._table_sha = pattern_singular_table()
         require_nltk(TOKENIZER)
@@ -184,30 +188,15 @@ class ChairPattern(Chair):
                 "pattern_table": self._table_sha}
 
     def _mentions_and_len(self, caption: str) -> tuple[list[Mention], int]:
-        from visalign.eval.chair_lemma import _spans
+        from visalign.eval.chair_lemma import _spans, reference_mentions
 
         low = caption.lower()
         tokens = word_tokens(low)
         table = self._pattern
         # a token outside the table is nothing the reference could match
         words = [table.get(t, t) for t in tokens]
-        spans = _spans(low, tokens)
-        merged: list[tuple[str, int, int]] = []
-        i, pairs, firsts = 0, self._pairs, self._pair_firsts
-        while i < len(words):
-            target = (pairs.get(f"{words[i]} {words[i + 1]}")
-                      if i + 1 < len(words) and words[i] in firsts else None)
-            if target is not None:
-                merged.append((target, spans[i][0], spans[i + 1][1]))
-                i += 2
-            else:
-                merged.append((words[i], *spans[i]))
-                i += 1
-        kept = merged
-        if any(w == "toilet" for w, _, _ in merged) and any(w == "seat" for w, _, _ in merged):
-            kept = [t for t in merged if t[0] != "seat"]
-        w2c = self.word_to_category
-        return [Mention(w, w2c[w], s, e) for w, s, e in kept if w in w2c], len(merged)
+        return reference_mentions(words, _spans(low, tokens), self._pairs, self._pair_firsts,
+                                  self.word_to_category)
 
     def evaluate(self, records, *, path: Any = None) -> dict:
         result = super().evaluate(records, path=path)
